@@ -1,0 +1,149 @@
+"""The ``segdistill`` command line. User errors print one ``error: ...`` line and exit with status 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .errors import UserError
+
+
+def _print_metrics(console: Console, title: str, metrics: dict, class_names: list[str]) -> None:
+    table = Table(title=title)
+    table.add_column("class")
+    table.add_column("IoU", justify="right")
+    for name, iou in zip(class_names, metrics["iou"]):
+        table.add_row(name, "-" if iou is None else f"{100 * iou:.2f}")
+    table.add_row("[bold]mIoU", f"[bold]{100 * metrics['mIoU']:.2f}")
+    table.add_row("pixel acc", f"{100 * metrics['pixel_acc']:.2f}")
+    console.print(table)
+
+
+def cmd_synth(args: argparse.Namespace, console: Console) -> int:
+    from .data.synthetic import generate_dataset
+
+    start = time.perf_counter()
+    counts = generate_dataset(
+        args.out, train=args.train, val=args.val, seed=args.seed, height=args.height, width=args.width,
+        workers=args.workers,
+    )
+    seconds = time.perf_counter() - start
+    console.print(f"wrote {counts['train']} train and {counts['val']} val scenes to {args.out} in {seconds:.1f} s")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, console: Console) -> int:
+    from .config import load_config
+    from .data.labels import TRAIN_CLASSES
+    from .engine.run import run_train
+
+    config = load_config(args.config, args.overrides)
+    summary = run_train(config, resume=args.resume, console=console)
+    _print_metrics(console, f"{config.name}: val", summary["val"], list(TRAIN_CLASSES))
+    console.print(
+        f"parameters {summary['parameters'] / 1e6:.2f} M, FLOPs {summary['flops'] / 1e9:.2f} G at "
+        f"{summary['flops_input'][0]}x{summary['flops_input'][1]}, trained in {summary['train_seconds']:.0f} s; "
+        f"outputs in {config.run_dir}"
+    )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, console: Console) -> int:
+    from .config import load_config
+    from .data.labels import TRAIN_CLASSES
+    from .engine.run import run_eval
+
+    overrides = list(args.overrides)
+    if args.mode:
+        overrides.append(f"eval.mode={args.mode}")
+    if args.scales:
+        overrides.append(f"eval.scales=[{','.join(str(s) for s in args.scales)}]")
+    if args.flip:
+        overrides.append("eval.flip=true")
+    config = load_config(args.config, overrides)
+    metrics = run_eval(config, args.checkpoint, split=args.split, console=console)
+    _print_metrics(console, f"{args.checkpoint} ({config.eval.mode})", metrics, list(TRAIN_CLASSES))
+    console.print(f"{metrics['images']} images in {metrics['seconds']:.1f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, console: Console) -> int:
+    from .export import export_safetensors
+
+    if not args.safetensors:
+        raise UserError("nothing to export: pass --safetensors OUT")
+    info = export_safetensors(args.checkpoint, args.safetensors, half=args.half, drop_aux=args.no_aux,
+                              name=args.name, command=args.command_note)
+    console.print(f"wrote {args.safetensors} ({info['bytes'] / 1e6:.2f} MB, sha256 {info['sha256']})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segdistill", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
+    synth = data.add_parser("synth", help="generate the synthetic street scenes (Cityscapes layout)")
+    from .data import synthetic
+
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--train", type=int, default=synthetic.DEFAULT_TRAIN)
+    synth.add_argument("--val", type=int, default=synthetic.DEFAULT_VAL)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--height", type=int, default=synthetic.DEFAULT_HEIGHT)
+    synth.add_argument("--width", type=int, default=synthetic.DEFAULT_WIDTH)
+    synth.add_argument("--workers", type=int, default=2)
+    synth.set_defaults(func=cmd_synth)
+
+    train = sub.add_parser("train", help="train a model (no distillation)")
+    train.add_argument("config")
+    train.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.iters=100")
+    train.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoints/last.pt")
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate a checkpoint")
+    ev.add_argument("config")
+    ev.add_argument("overrides", nargs="*")
+    ev.add_argument("--checkpoint", required=True, help="a .pt checkpoint, .safetensors file or shipped:<name>")
+    ev.add_argument("--mode", choices=["whole", "slide"])
+    ev.add_argument("--scales", type=float, nargs="+")
+    ev.add_argument("--flip", action="store_true")
+    ev.add_argument("--split")
+    ev.add_argument("--json", help="also write the metrics to this JSON file")
+    ev.set_defaults(func=cmd_eval)
+
+    ex = sub.add_parser("export", help="export a checkpoint's model weights")
+    ex.add_argument("checkpoint")
+    ex.add_argument("--safetensors", help="output .safetensors path")
+    ex.add_argument("--half", action="store_true", help="store float16 weights")
+    ex.add_argument("--no-aux", action="store_true", help="drop the auxiliary head (training-only)")
+    ex.add_argument("--name", help="register the file under this name in the manifest beside it")
+    ex.add_argument("--command-note", default="", help="the command that produced the checkpoint (manifest)")
+    ex.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    console = Console(stderr=True)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args, console)
+    except UserError as exc:
+        print(f"error: {str(exc).splitlines()[0] if str(exc) else exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

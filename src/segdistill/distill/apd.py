@@ -1,0 +1,219 @@
+"""Adaptive Perspective Distillation (Tian et al., "Adaptive Perspective Distillation for Semantic
+Segmentation", TPAMI 2023), vectorised.
+
+A segmentation classifier is one "universal perspective" shared by all images. APD builds an
+*adaptive perspective* per batch: class prototypes pooled from each model's own (adapted,
+L2-normalised) features under the ground-truth mask, used as a cosine classifier. The student's
+adaptive predictions are matched to the teacher's (``apd_kl``), the prototypes are aligned
+(``apd_align``), and the teacher adapter is trained by a cross-entropy on the teacher's adaptive
+logits (``apd_teacher_ce``).
+
+Shapes: ``student_feat B x C_s x h x w``, ``teacher_feat B x C_t x h' x w'`` (resized to ``h x w``
+if it differs), ``target B x H x W`` (ignore 255). Reductions follow the authors' release:
+
+* ``apd_kl``: KL(softmax(z_t) || softmax(z_s)) over the N present classes, summed over all
+  elements and divided by ``B * N * h * w`` (torch ``KLDivLoss`` 'mean'), teacher detached;
+* ``apd_align``: mean over present classes of ``0.5 * (1 - <p_s, p_t>)``, teacher detached;
+* ``apd_teacher_ce``: cross-entropy of the teacher's adaptive logits in K channels (absent classes 0),
+  upsampled bilinearly (align_corners=True) to ``H x W``, ignore 255; trains only the teacher adapter.
+
+Release weights: ``apd_kl`` 10, ``apd_align`` 10 (plus logit KD 10 at T=1), scale 10.
+
+Implementation: one one-hot mask ``B x K x h x w`` and two einsums pool every prototype at once
+(``normalize(mean) == normalize(sum)``, so counts are only used for presence); absent classes are
+masked with a large negative logit, so every shape is static and nothing syncs with the host.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from .base import DistillLoss
+
+SCOPES = ("batch", "image", "global")
+_ABSENT = -1.0e4  # logit for classes absent from the batch: exp() underflows to exactly 0 in float32
+
+
+def make_adapter(in_channels: int, hidden: int, out_channels: int) -> nn.Sequential:
+    """The release's adapter: 1x1 conv, ReLU, 1x1 conv."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, out_channels, 1)
+    )
+
+
+def resize_labels(target: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of ``B x H x W`` integer labels to ``B x h x w``."""
+    if tuple(target.shape[-2:]) == tuple(size):
+        return target
+    return F.interpolate(target[:, None].float(), size=size, mode="nearest")[:, 0].long()
+
+
+def one_hot_valid(
+    labels: torch.Tensor, num_classes: int, ignore_index: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """``B x h x w`` labels -> float one-hot ``B x K x h x w``; ignored (or out-of-range) pixels are all 0."""
+    valid = (labels >= 0) & (labels < num_classes) & (labels != ignore_index)
+    safe = torch.where(valid, labels, torch.zeros_like(labels))
+    onehot = F.one_hot(safe, num_classes).permute(0, 3, 1, 2).to(dtype)
+    return onehot * valid[:, None].to(dtype)
+
+
+def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Differentiable all-reduce (sum) across DDP ranks; identity when not distributed."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        from torch.distributed.nn.functional import all_reduce
+
+        return all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
+def pool_prototypes(
+    features: torch.Tensor, onehot: torch.Tensor, scope: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised class prototypes and presence.
+
+    ``features B x C x h x w`` (already normalised per pixel), ``onehot B x K x h x w``.
+    Returns ``(prototypes, present)``: ``K x C`` and ``K`` for scopes batch/global, ``B x K x C``
+    and ``B x K`` for scope image. Absent prototypes are zero vectors.
+    """
+    if scope == "image":
+        sums = torch.einsum("bkhw,bchw->bkc", onehot, features)
+        counts = onehot.sum(dim=(2, 3))
+    else:
+        sums = torch.einsum("bkhw,bchw->kc", onehot, features)
+        counts = onehot.sum(dim=(0, 2, 3))
+        if scope == "global":
+            sums = _all_reduce_sum(sums)
+            counts = _all_reduce_sum(counts.detach())
+    return F.normalize(sums, dim=-1), counts > 0
+
+
+def adaptive_logits(features: torch.Tensor, prototypes: torch.Tensor, scale: float) -> torch.Tensor:
+    """Cosine logits ``B x K x h x w`` of normalised features against ``K x C`` or ``B x K x C`` prototypes."""
+    if prototypes.dim() == 2:
+        return scale * torch.einsum("bchw,kc->bkhw", features, prototypes)
+    return scale * torch.einsum("bchw,bkc->bkhw", features, prototypes)
+
+
+class APDLoss(DistillLoss):
+    """Adaptive Perspective Distillation loss; see the module docstring for the formulation.
+
+    ``APDLoss(num_classes, student_channels, teacher_channels, adapter=True, adapter_channels=512,
+    scale=10.0, ignore_index=255, scope="batch")``; ``loss(student_feat, teacher_feat, target)``
+    returns ``{"apd_kl", "apd_align", "apd_teacher_ce"}`` (unweighted scalars).
+
+    ``scope``: ``"batch"`` pools prototypes over the whole (per-device) batch, as the release does;
+    ``"image"`` pools per image, as the paper's text describes; ``"global"`` pools over all DDP ranks.
+    The teacher adapter is trained only by ``apd_teacher_ce`` with its own Adam optimizer
+    (:meth:`own_optimizers`); the student adapter is trained with the student.
+    """
+
+    taps = ("feat",)
+    own_terms = frozenset({"apd_teacher_ce"})
+
+    def __init__(
+        self,
+        num_classes: int,
+        student_channels: int,
+        teacher_channels: int,
+        *,
+        adapter: bool = True,
+        adapter_channels: int = 512,
+        scale: float = 10.0,
+        ignore_index: int = 255,
+        scope: str = "batch",
+        teacher_adapter_lr: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        if scope not in SCOPES:
+            raise UserError(f"APD scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+        if not adapter and student_channels != teacher_channels:
+            raise UserError(
+                f"APD without adapters needs equal feature channels, got student {student_channels} and "
+                f"teacher {teacher_channels}; set adapter=True"
+            )
+        self.num_classes = num_classes
+        self.student_channels = student_channels
+        self.teacher_channels = teacher_channels
+        self.scale = scale
+        self.ignore_index = ignore_index
+        self.scope = scope
+        self.teacher_adapter_lr = teacher_adapter_lr
+        self.student_adapter = make_adapter(student_channels, adapter_channels, teacher_channels) if adapter else None
+        self.teacher_adapter = make_adapter(teacher_channels, adapter_channels, teacher_channels) if adapter else None
+        self._teacher_optimizer: torch.optim.Optimizer | None = None
+
+    def own_optimizers(self) -> list[tuple[str, nn.Module, torch.optim.Optimizer]]:
+        if self.teacher_adapter is None:
+            return []
+        if self._teacher_optimizer is None:
+            self._teacher_optimizer = torch.optim.Adam(
+                self.teacher_adapter.parameters(), lr=self.teacher_adapter_lr, betas=(0.9, 0.99)
+            )
+        return [("apd_teacher_ce", self.teacher_adapter, self._teacher_optimizer)]
+
+    def _check_channels(self, student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> None:
+        if student_feat.shape[1] != self.student_channels:
+            raise UserError(
+                f"APD was built for {self.student_channels} student feature channels, the student tap gives "
+                f"{student_feat.shape[1]}"
+            )
+        if teacher_feat.shape[1] != self.teacher_channels:
+            raise UserError(
+                f"APD was built for {self.teacher_channels} teacher feature channels, the teacher tap gives "
+                f"{teacher_feat.shape[1]}"
+            )
+
+    def forward(
+        self, student_feat: torch.Tensor, teacher_feat: torch.Tensor, target: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        self._check_channels(student_feat, teacher_feat)
+        size = tuple(student_feat.shape[-2:])
+        with torch.autocast(device_type=student_feat.device.type, enabled=False):
+            dtype = torch.float64 if student_feat.dtype == torch.float64 else torch.float32
+            f_s = student_feat.to(dtype)
+            f_t = teacher_feat.detach().to(dtype)
+            if tuple(f_t.shape[-2:]) != size:
+                f_t = F.interpolate(f_t, size=size, mode="bilinear", align_corners=False)
+            if self.student_adapter is not None:
+                f_s = self.student_adapter(f_s)
+                f_t = self.teacher_adapter(f_t)
+            s = F.normalize(f_s, dim=1)
+            t = F.normalize(f_t, dim=1)  # carries gradient to the teacher adapter only
+            labels = resize_labels(target, size)
+            onehot = one_hot_valid(labels, self.num_classes, self.ignore_index, dtype)
+
+            p_s, present = pool_prototypes(s, onehot, self.scope)
+            p_t, _ = pool_prototypes(t, onehot, self.scope)
+            present_f = present.to(s.dtype)
+            mask = present if present.dim() == 2 else present[None]  # B x K or 1 x K
+            mask = mask[..., None, None]
+
+            # Student terms: the teacher side is detached.
+            z_s = adaptive_logits(s, p_s, self.scale).masked_fill(~mask, _ABSENT)
+            z_t = adaptive_logits(t.detach(), p_t.detach(), self.scale).masked_fill(~mask, _ABSENT)
+            log_q = F.log_softmax(z_s, dim=1)
+            log_p = F.log_softmax(z_t, dim=1)
+            kl_map = (log_p.exp() * (log_p - log_q)).sum(dim=1)  # B x h x w
+            pixels = size[0] * size[1]
+            if present.dim() == 2:  # per image: each image's N_b
+                n_present = present_f.sum(dim=1).clamp(min=1.0)
+                apd_kl = (kl_map.sum(dim=(1, 2)) / (n_present * pixels)).mean()
+            else:
+                n_present = present_f.sum().clamp(min=1.0)
+                apd_kl = kl_map.sum() / (n_present * kl_map.shape[0] * pixels)
+            cos = (p_s * p_t.detach()).sum(dim=-1)
+            apd_align = (0.5 * (1.0 - cos) * present_f).sum() / present_f.sum().clamp(min=1.0)
+
+            # Teacher-adapter term: adaptive teacher logits in K channels, absent classes 0.
+            z_t_train = adaptive_logits(t, p_t, self.scale) * mask.to(t.dtype)
+            z_up = F.interpolate(z_t_train, size=target.shape[-2:], mode="bilinear", align_corners=True)
+            valid = (target != self.ignore_index).any()
+            ce = F.cross_entropy(z_up, target, ignore_index=self.ignore_index, reduction="sum")
+            n_valid = (target != self.ignore_index).sum().clamp(min=1)
+            apd_teacher_ce = torch.where(valid, ce / n_valid, ce * 0.0)
+        return {"apd_kl": apd_kl, "apd_align": apd_align, "apd_teacher_ce": apd_teacher_ce}

@@ -1,0 +1,39 @@
+"""The interface every distillation loss follows.
+
+A loss is an ``nn.Module`` that declares the taps it reads (``taps``: names such as ``"feat"``,
+``"logits"``) and returns a dict of named scalar terms. The :class:`~segdistill.Distiller` captures
+the taps from both models, brings teacher maps to the student's grid, and calls
+``loss.forward_taps(student, teacher, target)``; single-tap losses get ``loss(s, t, target)``.
+
+A loss may own modules trained by the student's optimizer (adapters, projectors) and modules that
+need their own optimizer (APD's teacher adapter, SKD's discriminator): those declare themselves in
+``own_optimizers()`` together with the names of the terms that train them (``own_terms``); such
+terms are never added to the student's total.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class DistillLoss(nn.Module):
+    taps: tuple[str, ...] = ("feat",)
+    own_terms: frozenset[str] = frozenset()
+
+    def forward_taps(
+        self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], target: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        if len(self.taps) != 1:
+            raise TypeError(f"{type(self).__name__} reads several taps and must define forward_taps")
+        (tap,) = self.taps
+        return self(student[tap], teacher[tap], target)
+
+    def own_optimizers(self) -> list[tuple[str, nn.Module, torch.optim.Optimizer]]:
+        """``(term name, module, optimizer)`` for every part trained by its own optimizer."""
+        return []
+
+    def student_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained by the student's optimizer (those not owned by an own optimizer)."""
+        owned = {id(p) for _, module, _ in self.own_optimizers() for p in module.parameters()}
+        return [p for p in self.parameters() if id(p) not in owned and p.requires_grad]

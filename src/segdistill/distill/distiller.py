@@ -1,0 +1,126 @@
+"""The Distiller: a frozen teacher, a student, taps on both, and any set of distillation losses."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..engine.inference import output_logits
+from ..engine.task import StepOutput, segmentation_losses, split_param_groups
+from ..errors import UserError
+from .base import DistillLoss
+from .taps import TapRecorder
+
+
+def to_common_grid(student_map: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tensor:
+    """Resize a teacher map to the student map's spatial size (bilinear, align_corners=False).
+
+    The student's grid is the common grid: the student's features are what is trained, so they are
+    never resampled; the teacher's are only read."""
+    if teacher_map.shape[-2:] == student_map.shape[-2:]:
+        return teacher_map
+    return F.interpolate(teacher_map.float(), size=student_map.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class Distiller(nn.Module):
+    """Trains ``student`` with cross-entropy (+ auxiliary) and ``losses`` computed on tapped layers.
+
+    ``student_taps`` / ``teacher_taps`` map tap names (``"feat"``, ``"logits"``) to module names
+    (``"head.bottleneck"``); a tap captures that module's output. The teacher is frozen: eval mode,
+    no gradients, run under ``no_grad``. Teacher maps are brought to the student's grid before the
+    losses see them. ``weights`` may name a method (``{"apd": 10}`` weighs all its terms) or a single
+    term (``{"apd_align": 5}``); unnamed terms weigh 1.
+
+    ``forward(images B x 3 x H x W, targets B x H x W)`` returns ``out.logits`` (student, ``B x K x H x W``),
+    ``out.losses`` (weighted scalar terms: ``ce``, ``aux_ce``, the methods' terms), ``out.total``, and
+    ``out.extra_losses`` (terms that train modules with their own optimizers, e.g. ``apd_teacher_ce``).
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        student_taps: Mapping[str, str],
+        teacher_taps: Mapping[str, str],
+        losses: Mapping[str, DistillLoss],
+        weights: Mapping[str, float] | None = None,
+        *,
+        aux_weight: float = 0.4,
+        ignore_index: int = 255,
+    ) -> None:
+        super().__init__()
+        self.student = student
+        self.teacher = teacher
+        self.losses = nn.ModuleDict(dict(losses))
+        self.weights = dict(weights or {})
+        self.aux_weight = aux_weight
+        self.ignore_index = ignore_index
+        for name, loss in self.losses.items():
+            for tap in getattr(loss, "taps", ()):
+                for side, taps in (("student", student_taps), ("teacher", teacher_taps)):
+                    if tap not in taps:
+                        raise UserError(f"loss {name!r} reads tap {tap!r}, which {side}_taps does not define")
+        known_terms = set(self.losses) | {"ce", "aux_ce"}
+        for key in self.weights:
+            if key not in known_terms and not any(key.startswith(f"{n}_") for n in self.losses) and key != "kd":
+                raise UserError(f"weight {key!r} names no loss (losses: {', '.join(self.losses)})")
+        self.teacher.eval()
+        self.teacher.requires_grad_(False)
+        self._student_taps = TapRecorder(student, student_taps, "student")
+        self._teacher_taps = TapRecorder(teacher, teacher_taps, "teacher")
+
+    def train(self, mode: bool = True) -> Distiller:
+        super().train(mode)
+        self.teacher.eval()  # the teacher stays frozen (BatchNorm statistics included)
+        return self
+
+    def _weight(self, method: str, term: str) -> float:
+        return float(self.weights.get(term, self.weights.get(method, 1.0)))
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor) -> StepOutput:
+        self._student_taps.clear()
+        self._teacher_taps.clear()
+        with torch.no_grad():
+            self.teacher(images)
+        teacher_maps = self._teacher_taps.collect()
+        output = self.student(images)
+        student_maps = self._student_taps.collect()
+        teacher_maps = {k: to_common_grid(student_maps[k], v) for k, v in teacher_maps.items()}
+        losses = segmentation_losses(output, targets, self.aux_weight, self.ignore_index)
+        extra: dict[str, torch.Tensor] = {}
+        for name, loss in self.losses.items():
+            for term, value in loss.forward_taps(student_maps, teacher_maps, targets).items():
+                if term in loss.own_terms:
+                    extra[term] = value
+                else:
+                    losses[term] = self._weight(name, term) * value
+        total = sum(losses.values())
+        return StepOutput(total=total, losses=losses, logits=output_logits(output), extra_losses=extra)
+
+    # ---------------------------------------------------------------- trainer interface
+    @property
+    def extra_steps(self) -> list[tuple[str, nn.Module, torch.optim.Optimizer]]:
+        return [step for loss in self.losses.values() for step in loss.own_optimizers()]
+
+    def param_groups(self, lr: float, head_lr_mult: float) -> list[dict]:
+        """The student's groups (backbone at ``lr``, head at ``lr * head_lr_mult``) plus the losses'
+        student-side modules (adapters, projectors) at the head's rate."""
+        groups = split_param_groups(self.student, lr, head_lr_mult)
+        extra = [p for loss in self.losses.values() for p in loss.student_parameters()]
+        if extra:
+            groups.append({"params": extra, "lr": lr * head_lr_mult, "lr_mult": head_lr_mult, "name": "distill"})
+        return groups
+
+    def trainable_state_dict(self) -> dict:
+        """Everything trained besides the student: the loss modules (adapters, discriminators)."""
+        return self.losses.state_dict()
+
+    def load_trainable_state_dict(self, state: dict) -> None:
+        self.losses.load_state_dict(state)
+
+    def remove_hooks(self) -> None:
+        self._student_taps.remove()
+        self._teacher_taps.remove()

@@ -1,0 +1,96 @@
+"""Turn a :class:`~segdistill.config.Config` into datasets, loaders and models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..config import Config, DataConfig, ModelConfig, TeacherConfig
+from ..data.datasets import build_dataset
+from ..data.transforms import seed_worker, train_transform
+from ..errors import UserError
+from ..models import build_segmentor
+from .checkpoint import load_model_weights, load_weights_file
+
+
+def ensure_synthetic(root: str | Path, console: Console | None = None) -> None:
+    """Generate the embedded default dataset at ``root`` (default arguments) unless it is complete."""
+    from ..data.synthetic import generate_dataset
+
+    root = Path(root)
+    if (root / "synth.json").is_file():
+        return
+    console = console or Console(stderr=True)
+    console.print(f"generating the embedded synthetic street-scene dataset in {root} ...")
+    counts = generate_dataset(root)
+    console.print(f"generated {counts['train']} train and {counts['val']} val scenes")
+
+
+def dataset_name(data: DataConfig) -> str:
+    return "cityscapes" if data.dataset == "synthetic" else data.dataset
+
+
+def build_datasets(config: Config, console: Console | None = None) -> tuple[Dataset, Dataset]:
+    data = config.data
+    if data.dataset == "synthetic":
+        ensure_synthetic(data.root, console)
+    transform = train_transform(
+        tuple(data.crop_size), tuple(data.scale), data.rotate, data.blur_p, data.flip_p, seed=config.seed
+    )
+    train = build_dataset(dataset_name(data), data.root, data.train_split, transform=transform)
+    val = build_dataset(dataset_name(data), data.root, data.val_split, transform=None)
+    return train, val
+
+
+def build_loaders(config: Config, train: Dataset, val: Dataset) -> tuple[DataLoader, DataLoader]:
+    data = config.data
+    if len(train) < data.batch_size:
+        raise UserError(f"the train split has {len(train)} images, fewer than data.batch_size={data.batch_size}")
+    generator = torch.Generator().manual_seed(config.seed)
+    train_loader = DataLoader(
+        train, batch_size=data.batch_size, shuffle=True, drop_last=True, num_workers=data.workers,
+        worker_init_fn=seed_worker, generator=generator, persistent_workers=False,
+    )
+    val_loader = DataLoader(val, batch_size=config.eval.batch_size, shuffle=False, num_workers=data.workers)
+    return train_loader, val_loader
+
+
+def build_model(cfg: ModelConfig | TeacherConfig, num_classes: int | None = None) -> nn.Module:
+    """Build a segmentor from a model (or teacher) section and load ``cfg.weights`` if set."""
+    model = build_segmentor(
+        cfg.head,
+        cfg.backbone,
+        num_classes or cfg.num_classes,
+        output_stride=cfg.output_stride,
+        pretrained=getattr(cfg, "pretrained", False),
+        head_channels=cfg.head_channels,
+        ppm_channels=cfg.ppm_channels,
+        aux=cfg.aux,
+        dropout=getattr(cfg, "dropout", 0.1),
+    )
+    if cfg.weights:
+        load_weights(model, cfg.weights)
+    return model
+
+
+def load_weights(model: nn.Module, spec: str) -> None:
+    """Load ``spec`` into ``model``: ``shipped:<name>`` (checksum-verified) or a file path."""
+    if spec.startswith("shipped:"):
+        from ..assets import load_shipped
+
+        state, source = load_shipped(spec.split(":", 1)[1])
+    else:
+        state, source = load_weights_file(spec), spec
+    load_model_weights(model, state, source)
+
+
+def write_summary(path: Path, summary: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(path)

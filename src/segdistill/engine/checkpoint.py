@@ -1,0 +1,92 @@
+"""Checkpoints: atomic writes (temp file, fsync, rename) and safe loading (``weights_only=True``)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a training checkpoint with ``torch.load(weights_only=True)``; refuse pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UserError(f"refusing to load {path}: it holds pickled objects beyond tensors ({exc})") from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise UserError(f"checkpoint {path} is corrupt or truncated: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(obj, dict):
+        raise UserError(f"checkpoint {path} does not hold a dict of tensors")
+    return obj
+
+
+def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A model state dict from a ``.safetensors`` file or a training checkpoint (its ``model`` entry)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise UserError(f"weights file {path} is corrupt: {exc}") from exc
+    obj = load_checkpoint(path)
+    state = obj.get("model", obj)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} holds no model state dict")
+    return state
+
+
+def load_model_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load ``state`` into ``model`` strictly, with one-line errors naming the first mismatch."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise UserError(f"weights in {source} do not fit this model ({detail}); was it saved from another model?")
+    for key, value in own.items():
+        if state[key].shape != value.shape:
+            raise UserError(
+                f"weights in {source} do not fit this model: {key} has shape {tuple(state[key].shape)}, "
+                f"the model expects {tuple(value.shape)} (another class count or width?)"
+            )
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

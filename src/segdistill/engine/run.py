@@ -1,0 +1,84 @@
+"""High-level jobs behind the CLI: train a model, evaluate a checkpoint."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from ..config import Config, save_config
+from ..models import count_parameters
+from ..report.profile import count_flops
+from .builders import build_datasets, build_loaders, build_model, load_weights, write_summary
+from .evaluator import evaluate
+from .task import SupervisedTask
+from .trainer import Trainer, resolve_device, seed_everything
+
+
+def run_train(config: Config, resume: bool = False, console: Console | None = None) -> dict:
+    """Train ``config.model`` on ``config.data`` (no distillation) and evaluate it on the val split.
+
+    Writes ``runs/<name>/config.yaml``, ``metrics.jsonl``, ``checkpoints/{last,best}.pt`` and
+    ``summary.json``; returns the summary (val metrics, parameters, FLOPs, training time)."""
+    console = console or Console(stderr=True)
+    seed_everything(config.seed, config.train.deterministic)
+    device = resolve_device(config.train.device)
+    train_set, val_set = build_datasets(config, console)
+    train_loader, val_loader = build_loaders(config, train_set, val_set)
+    model = build_model(config.model)
+    save_config(config, config.run_dir / "config.yaml")
+    task = SupervisedTask(model, aux_weight=config.train.aux_weight)
+    trainer = Trainer(config, task, train_loader, val_loader, config.model.num_classes, device, console)
+    metrics = trainer.fit(resume=resume)
+    return finish_summary(config, model, metrics, val_set, device)
+
+
+def finish_summary(config: Config, model: nn.Module, metrics: dict, val_set, device: torch.device) -> dict:
+    height, width = val_set[0]["image"].shape[-2:]
+    summary = {
+        "name": config.name,
+        "seed": config.seed,
+        "val": metrics,
+        "parameters": count_parameters(model),
+        "flops": count_flops(model, (height, width), device),
+        "flops_input": [height, width],
+        "train_seconds": metrics.get("train_seconds"),
+        "iters": config.train.iters,
+    }
+    write_summary(config.run_dir / "summary.json", summary)
+    return summary
+
+
+def run_eval(
+    config: Config,
+    checkpoint: str,
+    *,
+    split: str | None = None,
+    console: Console | None = None,
+) -> dict:
+    """Evaluate ``checkpoint`` on ``split`` (default: the val split) with ``config.eval``'s protocol."""
+    from ..data.datasets import build_dataset
+    from .builders import dataset_name, ensure_synthetic
+
+    console = console or Console(stderr=True)
+    device = resolve_device(config.train.device)
+    if config.data.dataset == "synthetic":
+        ensure_synthetic(config.data.root, console)
+    dataset = build_dataset(dataset_name(config.data), config.data.root, split or config.data.val_split)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=config.eval.batch_size, num_workers=config.data.workers)
+    model = build_model(config.model)
+    load_weights(model, checkpoint)
+    model.to(device)
+    cfg = config.eval
+    window = cfg.crop_size or config.data.crop_size
+    stride = cfg.stride or [max(1, (2 * w) // 3) for w in window]
+    start = time.perf_counter()
+    metrics = evaluate(
+        model, loader, config.model.num_classes, device,
+        mode=cfg.mode, window=window, stride=stride, scales=cfg.scales, flip=cfg.flip,
+    )
+    metrics["seconds"] = time.perf_counter() - start
+    metrics["images"] = len(dataset)
+    return metrics

@@ -1,0 +1,53 @@
+"""Backbones: any timm model with ``features_only`` support, dilated to output stride 8 or 16."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+# Backbones we test; any other timm model with features_only and output_stride support also works.
+KNOWN_BACKBONES = ("resnet18d", "resnet50d", "resnet101d", "mobilenetv2_100", "efficientnet_b0")
+
+
+class TimmBackbone(nn.Module):
+    """Returns the last two feature levels of a timm model: ``[stage3, stage4]``.
+
+    With output stride 8 both are ``B x C_i x H/8 x W/8`` (the last two stages are dilated).
+    ``channels`` gives ``(C_stage3, C_stage4)``.
+    """
+
+    def __init__(self, name: str, output_stride: int = 8, pretrained: bool | str = False) -> None:
+        super().__init__()
+        if output_stride not in (8, 16, 32):
+            raise UserError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        kwargs: dict = {"features_only": True, "output_stride": output_stride}
+        if isinstance(pretrained, str) and pretrained not in ("", "true", "True"):
+            path = Path(pretrained)
+            if not path.is_file():
+                raise UserError(f"pretrained backbone weights not found: {path}")
+            kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+            use_pretrained = True
+        else:
+            use_pretrained = bool(pretrained)
+        if name not in timm.list_models():
+            close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+            raise UserError(f"unknown backbone {name!r}; close timm names: {', '.join(close) or 'none'}")
+        try:
+            probe = timm.create_model(name, features_only=True, pretrained=False)
+            levels = len(probe.feature_info)
+            del probe
+            kwargs["out_indices"] = (levels - 2, levels - 1)
+            self.body = timm.create_model(name, pretrained=use_pretrained, **kwargs)
+        except (OSError, RuntimeError) as exc:  # network or corrupt file while fetching weights
+            raise UserError(f"could not load pretrained weights for backbone {name!r}: {exc}") from exc
+        self.name = name
+        self.output_stride = output_stride
+        self.channels: tuple[int, int] = tuple(self.body.feature_info.channels())  # type: ignore[assignment]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.body(x)

@@ -1,0 +1,208 @@
+"""APDLoss against an independent per-class loop (the release's formulation), gradcheck, scopes."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from segdistill import UserError
+from segdistill.distill import APDLoss
+
+
+def reference_apd(f_s, f_t, target, num_classes, scale=10.0, ignore=255):
+    """The release's formulation written as a plain per-class loop (adapters off, batch scope)."""
+    h, w = f_s.shape[-2:]
+    labels = F.interpolate(target[:, None].float(), size=(h, w), mode="nearest")[:, 0].long()
+    s = F.normalize(f_s, dim=1)
+    t = F.normalize(f_t, dim=1)
+    protos_s, protos_t, present = [], [], []
+    for c in range(num_classes):
+        m = labels == c
+        if m.sum() == 0:
+            continue
+        present.append(c)
+        protos_s.append(F.normalize(s.permute(0, 2, 3, 1)[m].mean(0), dim=0))
+        protos_t.append(F.normalize(t.permute(0, 2, 3, 1)[m].mean(0), dim=0))
+    if not present:
+        zero = f_s.sum() * 0
+        return zero, zero, zero
+    p_s = torch.stack(protos_s)  # N x C
+    p_t = torch.stack(protos_t)
+    z_s = scale * torch.einsum("bchw,nc->bnhw", s, p_s)
+    z_t = scale * torch.einsum("bchw,nc->bnhw", t, p_t)
+    kl = torch.nn.KLDivLoss(reduction="mean")(F.log_softmax(z_s, 1), F.softmax(z_t, 1))
+    align = torch.stack([0.5 * (1 - torch.dot(p_s[i], p_t[i])) for i in range(len(present))]).mean()
+    full = torch.zeros(f_t.shape[0], num_classes, h, w, dtype=f_t.dtype)
+    for i, c in enumerate(present):
+        full[:, c] = z_t[:, i]
+    up = F.interpolate(full, size=target.shape[-2:], mode="bilinear", align_corners=True)
+    ce = F.cross_entropy(up, target, ignore_index=ignore)
+    return kl, align, ce
+
+
+CASES = [  # B, C, h, w, K, label scale, ignore fraction, classes actually used
+    (2, 8, 5, 6, 4, 8, 0.0, 4),
+    (3, 16, 7, 9, 6, 4, 0.2, 3),  # absent classes
+    (1, 4, 4, 4, 19, 8, 0.5, 19),
+    (4, 12, 6, 5, 10, 2, 0.3, 2),
+]
+
+
+@pytest.mark.parametrize("B, C, h, w, K, up, ignore_frac, used", CASES)
+def test_parity_with_per_class_loop(B, C, h, w, K, up, ignore_frac, used):
+    g = torch.Generator().manual_seed(B * 100 + C)
+    f_s = torch.randn(B, C, h, w, generator=g)
+    f_t = torch.randn(B, C, h, w, generator=g)
+    target = torch.randint(0, used, (B, h * up, w * up), generator=g)
+    target[torch.rand(target.shape, generator=g) < ignore_frac] = 255
+    loss = APDLoss(K, C, C, adapter=False)
+    out = loss(f_s, f_t, target)
+    kl, align, ce = reference_apd(f_s, f_t, target, K)
+    assert out["apd_kl"].item() == pytest.approx(kl.item(), rel=1e-5, abs=1e-7)
+    assert out["apd_align"].item() == pytest.approx(align.item(), rel=1e-5, abs=1e-7)
+    assert out["apd_teacher_ce"].item() == pytest.approx(ce.item(), rel=1e-5, abs=1e-7)
+
+
+def test_gradients_match_the_reference():
+    g = torch.Generator().manual_seed(0)
+    f_s = torch.randn(2, 8, 5, 5, generator=g, requires_grad=True)
+    f_t = torch.randn(2, 8, 5, 5, generator=g)
+    target = torch.randint(0, 3, (2, 20, 20), generator=g)
+    out = APDLoss(5, 8, 8, adapter=False)(f_s, f_t, target)
+    (grad,) = torch.autograd.grad(out["apd_kl"] + out["apd_align"], f_s)
+    f_s2 = f_s.detach().clone().requires_grad_(True)
+    kl, align, _ = reference_apd(f_s2, f_t, target, 5)
+    (ref,) = torch.autograd.grad(kl + align, f_s2)
+    assert torch.allclose(grad, ref, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("scope", ["batch", "image"])
+def test_gradcheck_float64(scope):
+    g = torch.Generator().manual_seed(1)
+    f_s = torch.randn(2, 4, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    f_t = torch.randn(2, 4, 3, 3, generator=g, dtype=torch.float64)
+    target = torch.randint(0, 3, (2, 6, 6), generator=g)
+    target[0, 0, 0] = 255
+    loss = APDLoss(3, 4, 4, adapter=False, scope=scope)
+    assert torch.autograd.gradcheck(lambda x: tuple(loss(x, f_t, target)[k] for k in ("apd_kl", "apd_align")), (f_s,))
+
+    # the teacher-side CE trains the teacher adapter: check its gradient w.r.t. the adapter weights
+    torch.manual_seed(0)
+    with_adapter = APDLoss(3, 4, 4, adapter=True, adapter_channels=3, scope=scope).double()
+    names = [f"teacher_adapter.{n}" for n, _ in with_adapter.teacher_adapter.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_(True) for p in with_adapter.teacher_adapter.parameters())
+
+    def teacher_ce(*weights):
+        out = torch.func.functional_call(with_adapter, dict(zip(names, weights)), (f_s.detach(), f_t, target))
+        return out["apd_teacher_ce"]
+
+    assert torch.autograd.gradcheck(teacher_ce, params)
+
+
+def test_teacher_adapter_is_trained_only_by_teacher_ce():
+    torch.manual_seed(0)
+    loss = APDLoss(4, 6, 10, adapter=True, adapter_channels=8)
+    f_s = torch.randn(2, 6, 4, 4, requires_grad=True)
+    f_t = torch.randn(2, 10, 4, 4, requires_grad=True)
+    target = torch.randint(0, 4, (2, 32, 32))
+    out = loss(f_s, f_t, target)
+    (out["apd_kl"] + out["apd_align"]).backward(retain_graph=True)
+    assert all(p.grad is None for p in loss.teacher_adapter.parameters())
+    assert all(p.grad is not None for p in loss.student_adapter.parameters())
+    assert f_t.grad is None and f_s.grad is not None
+    for p in loss.student_adapter.parameters():
+        p.grad = None
+    out["apd_teacher_ce"].backward()
+    assert all(p.grad is not None for p in loss.teacher_adapter.parameters())
+    assert all(p.grad is None for p in loss.student_adapter.parameters())
+    assert f_t.grad is None
+    ((_, module, opt),) = loss.own_optimizers()
+    assert module is loss.teacher_adapter and isinstance(opt, torch.optim.Adam)
+    assert opt.param_groups[0]["lr"] == 1e-5 and opt.param_groups[0]["betas"] == (0.9, 0.99)
+    assert {id(p) for p in loss.student_parameters()} == {id(p) for p in loss.student_adapter.parameters()}
+
+
+def test_no_valid_pixel_gives_zeros_not_nan():
+    loss = APDLoss(3, 4, 4)
+    f_s = torch.randn(2, 4, 3, 3, requires_grad=True)
+    out = loss(f_s, torch.randn(2, 4, 3, 3), torch.full((2, 24, 24), 255))
+    for value in out.values():
+        assert value.item() == 0.0
+    (out["apd_kl"] + out["apd_align"]).backward()
+    assert torch.isfinite(f_s.grad).all()
+
+
+def test_identical_features_give_zero_student_terms():
+    f = torch.randn(2, 5, 4, 4)
+    target = torch.randint(0, 3, (2, 8, 8))
+    out = APDLoss(3, 5, 5, adapter=False)(f, f.clone(), target)
+    assert out["apd_kl"].item() == pytest.approx(0.0, abs=1e-6)
+    assert out["apd_align"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def hand_case():
+    """Two images of 1 x 2 pixels with 2-d features; image 0 is all class 0, image 1 is class 0 | class 1."""
+    f_s = torch.tensor([[[[1.0, 1.0]], [[0.0, 0.0]]], [[[0.0, 1.0]], [[1.0, 0.0]]]])  # B=2, C=2, h=1, w=2
+    target = torch.tensor([[[0, 0]], [[0, 1]]])
+    return f_s, target
+
+
+def test_scopes_on_a_case_known_by_hand():
+    f_s, target = hand_case()
+    f_t = f_s.clone()
+    f_t[1] = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])  # teacher: image 1 swaps the two pixels' features
+    # Batch scope: class 0 pixels (s) = (1,0),(1,0),(0,1) -> p_s[0] = normalize(2,1); class 1: (1,0).
+    # teacher class 0 pixels = (1,0),(1,0),(1,0) -> p_t[0] = (1,0); class 1: (0,1).
+    batch = APDLoss(2, 2, 2, adapter=False, scope="batch")(f_s, f_t, target)
+    p_s0 = torch.tensor([2.0, 1.0]) / 5**0.5
+    expected_align = 0.5 * ((1 - p_s0[0]) + (1 - 0.0)) / 2
+    assert batch["apd_align"].item() == pytest.approx(expected_align.item(), rel=1e-6)
+    # Image scope: image 0 has only class 0 with identical prototypes (1,0) on both sides;
+    # image 1 class 0: s (0,1) vs t (1,0) -> cos 0; class 1: s (1,0) vs t (0,1) -> cos 0.
+    image = APDLoss(2, 2, 2, adapter=False, scope="image")(f_s, f_t, target)
+    assert image["apd_align"].item() == pytest.approx((0 + 0.5 + 0.5) / 3, rel=1e-6)
+    # Image 0 has one present class: its KL is 0 (a softmax over one class). Image 1: per pixel,
+    # teacher logits (10, 0) and (0, 10); student logits (10, 0)->pixel0 s=(0,1): (10*0+... ) computed below.
+    s1 = torch.tensor([[0.0, 1.0], [1.0, 0.0]])  # pixel features of image 1 (student)
+    t1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    z_s = 10 * s1 @ s1.T  # prototypes of image 1 equal its pixels (one pixel per class)
+    z_t = 10 * t1 @ t1.T
+    kl_pix = (F.softmax(z_t, 1) * (F.log_softmax(z_t, 1) - F.log_softmax(z_s, 1))).sum(1)
+    expected_kl = (0.0 + kl_pix.sum().item() / (2 * 2)) / 2  # mean over images of sum / (N_b * h * w)
+    assert image["apd_kl"].item() == pytest.approx(expected_kl, rel=1e-5)
+
+
+def test_global_scope_equals_batch_scope_in_one_process():
+    f_s, target = hand_case()
+    f_t = torch.randn_like(f_s)
+    a = APDLoss(2, 2, 2, adapter=False, scope="batch")(f_s, f_t, target)
+    b = APDLoss(2, 2, 2, adapter=False, scope="global")(f_s, f_t, target)
+    for key in a:
+        assert a[key].item() == pytest.approx(b[key].item(), rel=1e-6)
+
+
+def test_bad_arguments():
+    with pytest.raises(UserError, match="equal feature channels"):
+        APDLoss(19, 128, 512, adapter=False)
+    with pytest.raises(UserError, match="scope"):
+        APDLoss(19, 8, 8, scope="dataset")
+    loss = APDLoss(3, 8, 16)
+    with pytest.raises(UserError, match="student feature channels"):
+        loss(torch.randn(1, 4, 2, 2), torch.randn(1, 16, 2, 2), torch.zeros(1, 8, 8, dtype=torch.long))
+
+
+def test_teacher_features_on_another_grid_are_resized():
+    loss = APDLoss(3, 8, 8, adapter=False)
+    out = loss(torch.randn(2, 8, 6, 6), torch.randn(2, 8, 12, 12), torch.randint(0, 3, (2, 48, 48)))
+    assert all(torch.isfinite(v) for v in out.values())
+
+
+def test_bf16_autocast_computes_in_float32():
+    f_s = torch.randn(2, 8, 4, 4)
+    f_t = torch.randn(2, 8, 4, 4)
+    target = torch.randint(0, 3, (2, 16, 16))
+    loss = APDLoss(3, 8, 8, adapter=False)
+    ref = loss(f_s, f_t, target)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = loss(f_s.bfloat16(), f_t.bfloat16(), target)
+    assert all(v.dtype == torch.float32 for v in out.values())
+    assert out["apd_kl"].item() == pytest.approx(ref["apd_kl"].item(), rel=5e-2, abs=1e-3)

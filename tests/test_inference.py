@@ -1,0 +1,48 @@
+import pytest
+import torch
+from torch import nn
+
+from segdistill.engine.inference import output_logits, predict, slide_logits
+
+
+class PixelModel(nn.Module):
+    """Logits depend only on each pixel's own value: every protocol must give the same argmax."""
+
+    def __init__(self, classes: int = 4):
+        super().__init__()
+        self.proj = nn.Conv2d(3, classes, 1)
+        torch.manual_seed(0)
+        nn.init.normal_(self.proj.weight)
+
+    def forward(self, x):
+        return {"out": self.proj(x)}
+
+
+def test_slide_equals_whole_for_a_pointwise_model():
+    model = PixelModel()
+    x = torch.randn(2, 3, 37, 53)
+    whole = predict(model, x)
+    slide = slide_logits(model, x, window=(16, 24), stride=(10, 16))
+    assert torch.allclose(whole, slide, atol=1e-5)
+    # window larger than the image: padded and cropped back
+    big = slide_logits(model, x, window=(64, 64), stride=(40, 40))
+    assert torch.allclose(whole, big, atol=1e-5)
+
+
+def test_flip_and_scales_average_probabilities():
+    model = PixelModel()
+    x = torch.randn(1, 3, 32, 32)
+    flipped = predict(model, x, flip=True)
+    assert torch.allclose(flipped, predict(model, x).softmax(1), atol=1e-5)
+    multi = predict(model, x, scales=(0.5, 1.0, 1.5), flip=True)
+    assert multi.shape == (1, 4, 32, 32)
+    assert torch.allclose(multi.sum(1), torch.ones(1, 32, 32), atol=1e-5)
+
+
+def test_output_logits_accepts_common_output_types():
+    t = torch.zeros(1, 2, 3, 3)
+    assert output_logits(t) is t
+    assert output_logits({"out": t, "aux": t}) is t
+    assert output_logits((t, t)) is t
+    with pytest.raises(ValueError):
+        output_logits({"logits": t})
