@@ -54,6 +54,25 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_distill(args: argparse.Namespace, console: Console) -> int:
+    from .config import load_config
+    from .data.labels import TRAIN_CLASSES
+    from .engine.run import run_distill
+
+    config = load_config(args.config, args.overrides)
+    summary = run_distill(config, resume=args.resume, console=console)
+    _print_metrics(console, f"{config.name}: val", summary["val"], list(TRAIN_CLASSES))
+    console.print(f"trained in {summary['train_seconds']:.0f} s; outputs in {config.run_dir}")
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace, console: Console) -> int:
+    from .quickstart import run_quickstart
+
+    run_quickstart(out=args.out, data_root=args.data, seed=args.seed, overrides=args.overrides, console=console)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace, console: Console) -> int:
     from .config import load_config
     from .data.labels import TRAIN_CLASSES
@@ -108,6 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.iters=100")
     train.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoints/last.pt")
     train.set_defaults(func=cmd_train)
+
+    dist = sub.add_parser("distill", help="train a student with a teacher and distillation methods")
+    dist.add_argument("config")
+    dist.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. distill.methods=[apd]")
+    dist.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoints/last.pt")
+    dist.set_defaults(func=cmd_distill)
+
+    quick = sub.add_parser("quickstart", help="the main job: teacher, student baseline and APD student")
+    quick.add_argument("--out", default="runs/quickstart")
+    quick.add_argument("--data", default="data/synthetic", help="where the synthetic dataset is (generated if absent)")
+    quick.add_argument("--seed", type=int, default=0)
+    quick.add_argument("overrides", nargs="*", help="key=value overrides for both students (e.g. train.iters=50)")
+    quick.set_defaults(func=cmd_quickstart)
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint")
     ev.add_argument("config")

@@ -60,6 +60,8 @@ class TrainConfig:
     eval_interval: int = 0  # 0: evaluate once at the end
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = True
+    amp: str = "none"  # none | bf16 (CPU or GPU) | fp16 (GPU, with a gradient scaler)
+    channels_last: bool = False
 
 
 @dataclass

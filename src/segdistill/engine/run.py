@@ -82,3 +82,58 @@ def run_eval(
     metrics["seconds"] = time.perf_counter() - start
     metrics["images"] = len(dataset)
     return metrics
+
+
+DEFAULT_TAPS = {"feat": "head.bottleneck", "logits": "head.classifier"}
+
+
+def build_distiller(config: Config, student: nn.Module, teacher: nn.Module, device: torch.device) -> nn.Module:
+    """The Distiller for ``config.distill``: taps (default: our segmentors' bottleneck and classifier),
+    channel counts probed with one forward pass, the listed methods with their weights."""
+    from ..distill import Distiller, probe_channels
+    from ..distill.methods import MethodContext, build_methods
+
+    cfg = config.distill
+    assert cfg is not None
+    student_taps = cfg.student_taps or DEFAULT_TAPS
+    teacher_taps = cfg.teacher_taps or DEFAULT_TAPS
+    size = tuple(config.data.crop_size)
+    ctx = MethodContext(
+        num_classes=config.model.num_classes,
+        student_channels=probe_channels(student, student_taps, size, "student"),
+        teacher_channels=probe_channels(teacher, teacher_taps, size, "teacher"),
+    )
+    losses, weights = build_methods(cfg.methods, ctx, cfg.options, cfg.weights)
+    return Distiller(student, teacher, student_taps, teacher_taps, losses, weights,
+                     aux_weight=config.train.aux_weight).to(device)
+
+
+def run_distill(config: Config, resume: bool = False, console: Console | None = None) -> dict:
+    """Train ``config.model`` (the student) with ``config.teacher`` and ``config.distill.methods``.
+
+    Same outputs as :func:`run_train`. With ``methods: []`` it is a plain training run."""
+    from ..errors import UserError
+
+    console = console or Console(stderr=True)
+    if config.teacher is None:
+        raise UserError("config has no 'teacher' section: a distillation needs a teacher")
+    if not config.teacher.weights:
+        raise UserError("teacher.weights is not set: a distillation needs a trained teacher")
+    if config.teacher.num_classes != config.model.num_classes:
+        raise UserError(
+            f"teacher.num_classes ({config.teacher.num_classes}) != model.num_classes ({config.model.num_classes})"
+        )
+    if config.distill is None:
+        raise UserError("config has no 'distill' section (distill.methods lists the methods)")
+    seed_everything(config.seed, config.train.deterministic)
+    device = resolve_device(config.train.device)
+    train_set, val_set = build_datasets(config, console)
+    train_loader, val_loader = build_loaders(config, train_set, val_set)
+    student = build_model(config.model).to(device)  # built first: the same init as the baseline's
+    teacher = build_model(config.teacher).to(device)
+    save_config(config, config.run_dir / "config.yaml")
+    torch.manual_seed(config.seed)  # loss modules (adapters) initialise the same whatever the teacher built
+    distiller = build_distiller(config, student, teacher, device)
+    trainer = Trainer(config, distiller, train_loader, val_loader, config.model.num_classes, device, console)
+    metrics = trainer.fit(resume=resume)
+    return finish_summary(config, student, metrics, val_set, device)

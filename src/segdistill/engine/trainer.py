@@ -42,6 +42,19 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_context(device: torch.device, amp: str):
+    """``torch.autocast`` for ``amp`` in {"none", "bf16", "fp16"} (fp16 only on CUDA)."""
+    if amp not in AMP_DTYPES:
+        raise UserError(f"train.amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
+    if amp == "fp16" and device.type != "cuda":
+        raise UserError("train.amp=fp16 needs a CUDA device (use bf16 on CPU)")
+    dtype = AMP_DTYPES[amp]
+    return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 def poly_lr(base_lr: float, step: int, total: int, power: float) -> float:
     """The poly schedule: ``base_lr * (1 - step / total) ** power``."""
     return base_lr * (1.0 - step / total) ** power
@@ -84,6 +97,10 @@ class Trainer:
         self.step = 0
         self.best_miou = -1.0
         self.epoch = 0
+        self.autocast = lambda: autocast_context(device, cfg.amp)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+        if cfg.channels_last:
+            self.task.to(memory_format=torch.channels_last)
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:
@@ -97,6 +114,7 @@ class Trainer:
             "epoch": self.epoch,
             "best_miou": self.best_miou,
             "torch_rng": torch.get_rng_state(),
+            "scaler": self.scaler.state_dict(),
             "config": config_to_dict(self.config),
         }
 
@@ -111,6 +129,8 @@ class Trainer:
         self.epoch = int(state.get("epoch", 0))
         self.best_miou = float(state.get("best_miou", -1.0))
         torch.set_rng_state(state["torch_rng"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
 
     def resume(self) -> bool:
         """Load ``checkpoints/last.pt`` if present; returns whether it did."""
@@ -162,10 +182,11 @@ class Trainer:
         cfg = self.config.eval
         window = cfg.crop_size or self.config.data.crop_size
         stride = cfg.stride or [max(1, (2 * w) // 3) for w in window]
-        return evaluate(
-            self.task.student, self.val_loader, self.num_classes, self.device,
-            mode=cfg.mode, window=window, stride=stride, scales=cfg.scales, flip=cfg.flip,
-        )
+        with self.autocast():
+            return evaluate(
+                self.task.student, self.val_loader, self.num_classes, self.device,
+                mode=cfg.mode, window=window, stride=stride, scales=cfg.scales, flip=cfg.flip,
+            )
 
     def fit(self, resume: bool = False) -> dict:
         cfg = self.config.train
@@ -192,16 +213,20 @@ class Trainer:
                 batch = next(batches)
                 images = batch["image"].to(self.device, non_blocking=True)
                 labels = batch["label"].to(self.device, non_blocking=True)
+                if self.config.train.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
                 lr = self._set_lr()
-                out = self.task(images, labels)
+                with self.autocast():
+                    out = self.task(images, labels)
                 self._check_finite(out)
-                for name, module, opt in self.task.extra_steps:
+                for name, module, opt in self.task.extra_steps:  # e.g. APD's teacher adapter, stepped first
                     opt.zero_grad(set_to_none=True)
                     out.extra_losses[name].backward()
                     opt.step()
                 self.optimizer.zero_grad(set_to_none=True)
-                out.total.backward()
-                self.optimizer.step()
+                self.scaler.scale(out.total).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
                 self.step += 1
                 window_images += images.shape[0]
                 for name, value in out.losses.items():
@@ -215,6 +240,8 @@ class Trainer:
                     self._log(record)
                     info = f"loss {record['loss']:.3f}  lr {lr:.2e}  {record['images_per_s']:.1f} img/s"
                     progress.update(bar, info=info)
+                    if not self.console.is_terminal:  # logs and CI: a plain line instead of a live bar
+                        self.console.print(f"{self.config.name} step {self.step}/{cfg.iters}  {info}")
                     totals, window_start, window_images = {}, time.perf_counter(), 0
                 progress.update(bar, completed=self.step)
                 evaluate_now = self.step == cfg.iters or (cfg.eval_interval and self.step % cfg.eval_interval == 0)

@@ -1,0 +1,104 @@
+"""APDLoss (vectorised) against a straightforward per-class-loop implementation of the same formula.
+
+Times forward + backward of every term (student KL and alignment into the student features and the
+student adapter; the full-resolution teacher-side cross-entropy into the teacher adapter), side by
+side in one run, and prints the ratio and the largest relative difference of the values.
+
+    python benchmarks/apd_loss.py            # the three shapes of the issue
+    python benchmarks/apd_loss.py --quick    # small shapes, a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from segdistill.distill import APDLoss
+
+
+def loop_apd(loss: APDLoss, f_s: torch.Tensor, f_t: torch.Tensor, target: torch.Tensor) -> dict:
+    """The formula as a per-class Python loop (what a direct transcription of the release does,
+    without its unused n x n matrix), sharing ``loss``'s adapters."""
+    h, w = f_s.shape[-2:]
+    s = F.normalize(loss.student_adapter(f_s), dim=1)
+    t = F.normalize(loss.teacher_adapter(f_t.detach()), dim=1)
+    labels = F.interpolate(target[:, None].float(), size=(h, w), mode="nearest")[:, 0].long()
+    s_pix = s.permute(0, 2, 3, 1)
+    t_pix = t.permute(0, 2, 3, 1)
+    classes, p_s, p_t = [], [], []
+    for c in range(loss.num_classes):
+        mask = labels == c
+        if not mask.any():
+            continue
+        classes.append(c)
+        p_s.append(F.normalize(s_pix[mask].mean(0), dim=0))
+        p_t.append(F.normalize(t_pix[mask].mean(0), dim=0))
+    if not classes:
+        zero = f_s.sum() * 0
+        return {"apd_kl": zero, "apd_align": zero, "apd_teacher_ce": zero}
+    ps, pt = torch.stack(p_s), torch.stack(p_t)
+    z_s = loss.scale * torch.einsum("bchw,nc->bnhw", s, ps)
+    z_t = loss.scale * torch.einsum("bchw,nc->bnhw", t, pt)
+    kl = F.kl_div(F.log_softmax(z_s, 1), F.softmax(z_t.detach(), 1), reduction="sum") / z_s.numel()
+    align = (0.5 * (1 - (ps * pt.detach()).sum(1))).mean()
+    full = z_t.new_zeros(z_t.shape[0], loss.num_classes, h, w)
+    for i, c in enumerate(classes):
+        full[:, c] = z_t[:, i]
+    up = F.interpolate(full, size=target.shape[-2:], mode="bilinear", align_corners=True)
+    ce = F.cross_entropy(up, target, ignore_index=loss.ignore_index)
+    return {"apd_kl": kl, "apd_align": align, "apd_teacher_ce": ce}
+
+
+def step(fn, loss, f_s, f_t, target) -> tuple[float, dict]:
+    loss.zero_grad(set_to_none=True)
+    f_s.grad = None
+    start = time.perf_counter()
+    out = fn(loss, f_s, f_t, target)
+    (out["apd_kl"] + out["apd_align"] + out["apd_teacher_ce"]).backward()
+    return time.perf_counter() - start, {k: v.detach() for k, v in out.items()}
+
+
+def bench(B: int, C: int, h: int, w: int, K: int, repeats: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    f_s = torch.randn(B, C, h, w, generator=g, requires_grad=True)
+    f_t = torch.randn(B, C, h, w, generator=g)
+    # labels at 8x the feature size, blocky like real masks, ~10% ignored
+    coarse = torch.randint(0, K, (B, h // 2 + 1, w // 2 + 1), generator=g)
+    target = F.interpolate(coarse[:, None].float(), size=(8 * h, 8 * w), mode="nearest")[:, 0].long()
+    target[torch.rand(target.shape, generator=g) < 0.1] = 255
+    torch.manual_seed(0)
+    loss = APDLoss(K, C, C, adapter=True, adapter_channels=512)
+    vectorised = lambda m, a, b, c: m(a, b, c)  # noqa: E731
+    times = {"vectorised": [], "loop": []}
+    for i in range(repeats + 1):  # the first round warms up
+        for name, fn in (("vectorised", vectorised), ("loop", loop_apd)):
+            seconds, values = step(fn, loss, f_s, f_t, target)
+            if i > 0:
+                times[name].append(seconds)
+            if name == "vectorised":
+                ours = values
+            else:
+                ref = values
+    diff = max(abs(ours[k] - ref[k]).item() / max(abs(ref[k]).item(), 1e-12) for k in ours)
+    t_vec, t_loop = min(times["vectorised"]), min(times["loop"])
+    print(f"(B,C,h,w,K)=({B},{C},{h},{w},{K}) labels {8 * h}x{8 * w}: vectorised {1000 * t_vec:8.1f} ms  "
+          f"loop {1000 * t_loop:8.1f} ms  speed-up x{t_loop / t_vec:5.2f}  max rel diff {diff:.1e}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, forward+backward, best of {args.repeats}")
+    shapes = [(2, 64, 16, 16, 19), (2, 64, 12, 12, 150)] if args.quick else [
+        (2, 512, 90, 90, 19), (4, 512, 90, 90, 19), (8, 512, 64, 64, 150)]
+    for shape in shapes:
+        bench(*shape, repeats=args.repeats)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""``segdistill quickstart``: the main job on the embedded default dataset.
+
+Generates the synthetic street scenes if absent, loads the shipped teacher, trains the student
+baseline and the APD student with the same seed and schedule, evaluates all three, prints a table
+and writes ``<out>/report.md`` with a prediction figure.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from .config import Config, load_config
+from .data.datasets import build_dataset
+from .data.labels import TRAIN_CLASSES
+from .engine.builders import build_model, ensure_synthetic, load_weights
+from .engine.evaluator import evaluate
+from .engine.run import run_distill, run_train
+from .engine.trainer import resolve_device
+from .models import count_parameters
+from .report.figures import prediction_panel
+
+RECIPES = Path(__file__).resolve().parent / "configs"
+
+
+def recipe_path(name: str) -> Path:
+    """Path of a shipped recipe, e.g. ``recipe_path("synthetic/apd.yaml")``."""
+    return RECIPES / name
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def quickstart_configs(out: str, data_root: str, seed: int, overrides: list[str]) -> tuple[Config, Config]:
+    common = [f"out_dir={out}", f"seed={seed}", f"data.root={data_root}", *overrides]
+    student = load_config(recipe_path("synthetic/student.yaml"), ["name=student", *common])
+    apd = load_config(recipe_path("synthetic/apd.yaml"), ["name=apd", *common])
+    return student, apd
+
+
+def run_quickstart(
+    out: str = "runs/quickstart",
+    data_root: str = "data/synthetic",
+    seed: int = 0,
+    overrides: list[str] | None = None,
+    console: Console | None = None,
+) -> dict:
+    console = console or Console(stderr=True)
+    start = time.perf_counter()
+    ensure_synthetic(data_root, console)
+    student_cfg, apd_cfg = quickstart_configs(out, data_root, seed, list(overrides or []))
+    device = resolve_device(apd_cfg.train.device)
+
+    assert apd_cfg.teacher is not None
+    teacher = build_model(apd_cfg.teacher).to(device)
+    val_set = build_dataset("cityscapes", data_root, apd_cfg.data.val_split)
+    loader = torch.utils.data.DataLoader(val_set, batch_size=apd_cfg.eval.batch_size)
+    console.print(f"evaluating the shipped teacher ({apd_cfg.teacher.weights}) on {len(val_set)} val images")
+    teacher_metrics = evaluate(teacher, loader, apd_cfg.model.num_classes, device)
+
+    console.rule("student baseline (cross-entropy only)")
+    baseline = run_train(student_cfg, console=console)
+    console.rule("APD student (same seed and schedule)")
+    apd = run_distill(apd_cfg, console=console)
+
+    results = {
+        "teacher": {"val": teacher_metrics, "parameters": count_parameters(teacher)},
+        "baseline": baseline,
+        "apd": apd,
+        "wall_seconds": time.perf_counter() - start,
+        "seed": seed,
+        "iters": student_cfg.train.iters,
+    }
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "results.json").write_text(json.dumps(results, indent=2))
+
+    student = build_model(student_cfg.model)
+    load_weights(student, str(student_cfg.run_dir / "checkpoints/last.pt"))
+    apd_student = build_model(apd_cfg.model)
+    load_weights(apd_student, str(apd_cfg.run_dir / "checkpoints/last.pt"))
+    samples = [val_set[i] for i in range(0, len(val_set), max(1, len(val_set) // 4))][:4]
+    prediction_panel(
+        {"teacher": teacher.cpu(), "student": student, "APD student": apd_student}, samples,
+        Path(out) / "predictions.png",
+    )
+    print_table(results, console)
+    write_report(results, Path(out) / "report.md", student_cfg)
+    console.print(f"report: {Path(out) / 'report.md'}  (wall time {results['wall_seconds'] / 60:.1f} min)")
+    return results
+
+
+def print_table(results: dict, console: Console) -> None:
+    teacher, base, apd = results["teacher"], results["baseline"], results["apd"]
+    table = Table(title="segdistill quickstart: val mIoU on the synthetic street scenes")
+    for col in ("model", "mIoU", "gain", "parameters", "train time"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    gain = apd["val"]["mIoU"] - base["val"]["mIoU"]
+    table.add_row("teacher (shipped)", _fmt(teacher["val"]["mIoU"]), "", f"{teacher['parameters'] / 1e6:.2f} M", "")
+    table.add_row("student baseline", _fmt(base["val"]["mIoU"]), "", f"{base['parameters'] / 1e6:.2f} M",
+                  f"{base['train_seconds']:.0f} s")
+    table.add_row("APD student", _fmt(apd["val"]["mIoU"]), f"{100 * gain:+.2f}", f"{apd['parameters'] / 1e6:.2f} M",
+                  f"{apd['train_seconds']:.0f} s")
+    console.print(table)
+    per_class = Table(title="per-class IoU: baseline -> APD")
+    for col in ("class", "teacher", "baseline", "APD", "change"):
+        per_class.add_column(col, justify="right" if col != "class" else "left")
+    for name, t, b, a in zip(TRAIN_CLASSES, teacher["val"]["iou"], base["val"]["iou"], apd["val"]["iou"]):
+        if t is None and b is None and a is None:
+            continue
+        change = "-" if a is None or b is None else f"{100 * (a - b):+.2f}"
+        per_class.add_row(name, _fmt(t), _fmt(b), _fmt(a), change)
+    console.print(per_class)
+
+
+def write_report(results: dict, path: Path, config: Config) -> None:
+    teacher, base, apd = results["teacher"], results["baseline"], results["apd"]
+    gain = apd["val"]["mIoU"] - base["val"]["mIoU"]
+    lines = [
+        "# segdistill quickstart",
+        "",
+        f"Synthetic street scenes (Cityscapes layout), seed {results['seed']}, {results['iters']} iterations "
+        f"of batch {config.data.batch_size} for both students; wall time {results['wall_seconds'] / 60:.1f} min.",
+        "",
+        "| model | val mIoU | gain | parameters | train time |",
+        "|---|---:|---:|---:|---:|",
+        f"| teacher (shipped) | {_fmt(teacher['val']['mIoU'])} | | {teacher['parameters'] / 1e6:.2f} M | |",
+        f"| student baseline | {_fmt(base['val']['mIoU'])} | | {base['parameters'] / 1e6:.2f} M | "
+        f"{base['train_seconds']:.0f} s |",
+        f"| APD student | {_fmt(apd['val']['mIoU'])} | {100 * gain:+.2f} | {apd['parameters'] / 1e6:.2f} M | "
+        f"{apd['train_seconds']:.0f} s |",
+        "",
+        "| class | teacher | baseline | APD | change |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, t, b, a in zip(TRAIN_CLASSES, teacher["val"]["iou"], base["val"]["iou"], apd["val"]["iou"]):
+        if t is None and b is None and a is None:
+            continue
+        change = "-" if a is None or b is None else f"{100 * (a - b):+.2f}"
+        lines.append(f"| {name} | {_fmt(t)} | {_fmt(b)} | {_fmt(a)} | {change} |")
+    lines += ["", "![image | ground truth | teacher | student | APD student](predictions.png)", ""]
+    path.write_text("\n".join(lines))
