@@ -84,8 +84,11 @@ def bench(B: int, C: int, h: int, w: int, K: int, repeats: int) -> None:
                 ref = values
     diff = max(abs(ours[k] - ref[k]).item() / max(abs(ref[k]).item(), 1e-12) for k in ours)
     t_vec, t_loop = min(times["vectorised"]), min(times["loop"])
-    print(f"(B,C,h,w,K)=({B},{C},{h},{w},{K}) labels {8 * h}x{8 * w}: vectorised {1000 * t_vec:8.1f} ms  "
-          f"loop {1000 * t_loop:8.1f} ms  speed-up x{t_loop / t_vec:5.2f}  max rel diff {diff:.1e}", flush=True)
+    print(
+        f"(B,C,h,w,K)=({B},{C},{h},{w},{K}) labels {8 * h}x{8 * w}: vectorised {1000 * t_vec:8.1f} ms  "
+        f"loop {1000 * t_loop:8.1f} ms  speed-up x{t_loop / t_vec:5.2f}  max rel diff {diff:.1e}",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -94,8 +97,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, forward+backward, best of {args.repeats}")
-    shapes = [(2, 64, 16, 16, 19), (2, 64, 12, 12, 150)] if args.quick else [
-        (2, 512, 90, 90, 19), (4, 512, 90, 90, 19), (8, 512, 64, 64, 150)]
+    shapes = (
+        [(2, 64, 16, 16, 19), (2, 64, 12, 12, 150)]
+        if args.quick
+        else [(2, 512, 90, 90, 19), (4, 512, 90, 90, 19), (8, 512, 64, 64, 150)]
+    )
     for shape in shapes:
         bench(*shape, repeats=args.repeats)
 

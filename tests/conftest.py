@@ -24,7 +24,17 @@ def tiny_data(tmp_path_factory) -> Path:
 def tiny_overrides(tiny_data, tmp_path) -> list[str]:
     """Overrides that turn any synthetic recipe into a seconds-long run on ``tiny_data``."""
     return [
-        f"data.root={tiny_data}", f"out_dir={tmp_path / 'runs'}", "data.crop_size=[64,64]", "data.batch_size=4",
-        "model.backbone=mobilenetv2_100", "model.head_channels=16", "model.ppm_channels=8",
-        "train.iters=4", "train.log_interval=2", "eval.batch_size=4",
+        f"data.root={tiny_data}",
+        f"out_dir={tmp_path / 'runs'}",
+        "data.crop_size=[64,64]",
+        "data.batch_size=4",
+        "model.backbone=mobilenetv2_100",
+        "model.backbone_kwargs={}",
+        "model.head_channels=16",
+        "model.ppm_channels=8",
+        "train.iters=4",
+        "train.log_interval=2",
+        "train.amp=none",
+        "train.channels_last=false",
+        "eval.batch_size=4",
     ]

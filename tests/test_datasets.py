@@ -148,9 +148,7 @@ def test_corrupt_file_named_at_load(cs_root: Path, kind: str, which: str) -> Non
     stem = sorted(STEMS)[0]
     path = image_path(cs_root, "val", stem) if which == "image" else label_path(cs_root, "val", stem)
     data = path.read_bytes()
-    path.write_bytes(
-        {"garbage": b"not a png at all", "truncated": data[: len(data) // 2], "empty": b""}[kind]
-    )
+    path.write_bytes({"garbage": b"not a png at all", "truncated": data[: len(data) // 2], "empty": b""}[kind])
     ds = CityscapesDataset(cs_root, "val")  # init does not decode files
     raises_user_error(path, ds.__getitem__, 0)
     loader = load_image if which == "image" else load_label
@@ -166,9 +164,7 @@ def test_rgb_label_rejected(cs_root: Path) -> None:
 def test_size_mismatch(cs_root: Path) -> None:
     stem = sorted(STEMS)[0]
     Image.fromarray(np.zeros((H + 2, W, 3), np.uint8)).save(image_path(cs_root, "val", stem))
-    message = raises_user_error(
-        image_path(cs_root, "val", stem), CityscapesDataset(cs_root, "val").__getitem__, 0
-    )
+    message = raises_user_error(image_path(cs_root, "val", stem), CityscapesDataset(cs_root, "val").__getitem__, 0)
     assert f"{W}x{H + 2}" in message and f"{W}x{H}" in message
 
 

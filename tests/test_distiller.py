@@ -61,8 +61,9 @@ def test_ours_to_ours_with_different_widths():
     assert out.logits.shape == (2, K, 64, 64)
     assert_teacher_untouched(distiller, before)
     assert any(not torch.equal(a, p) for a, p in zip(student_before, student.parameters()))
-    assert any(not torch.equal(a, p) for a, p in
-               zip(adapter_before, distiller.losses["apd"].teacher_adapter.parameters()))
+    assert any(
+        not torch.equal(a, p) for a, p in zip(adapter_before, distiller.losses["apd"].teacher_adapter.parameters())
+    )
 
 
 def test_torchvision_teacher_to_smp_student():
@@ -72,7 +73,8 @@ def test_torchvision_teacher_to_smp_student():
     # torchvision: penultimate = classifier.3 (ReLU after the 3x3 conv, 256 ch at 1/8), logits = classifier.4
     # smp Unet: penultimate = decoder (8 ch at full size), logits = segmentation_head (full size)
     distiller = make_distiller(
-        student, teacher,
+        student,
+        teacher,
         {"feat": "decoder", "logits": "segmentation_head"},
         {"feat": "classifier.3", "logits": "classifier.4"},
     )
@@ -86,8 +88,9 @@ def test_ours_teacher_to_torchvision_lraspp_student():
     teacher = build_segmentor("deeplabv3", "resnet18d", K, head_channels=24)
     student = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=K)
     # LR-ASPP: features = classifier.cbr (128 ch at 1/16), logits = the classifier's output (1/8)
-    distiller = make_distiller(student, teacher, {"feat": "classifier.cbr", "logits": "classifier"}, OURS,
-                               scope="image")
+    distiller = make_distiller(
+        student, teacher, {"feat": "classifier.cbr", "logits": "classifier"}, OURS, scope="image"
+    )
     before = {n: p.detach().clone() for n, p in teacher.named_parameters()}
     out = run_steps(distiller)
     assert all(torch.isfinite(v) for v in out.losses.values())

@@ -64,10 +64,7 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
 
 @pytest.fixture(scope="module")
 def scenes() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    return [
-        synthetic.render_scene(np.random.default_rng(np.random.SeedSequence([7, i])), 128, 256)
-        for i in range(20)
-    ]
+    return [synthetic.render_scene(np.random.default_rng(np.random.SeedSequence([7, i])), 128, 256) for i in range(20)]
 
 
 def test_counts_progress_and_marker(generated) -> None:
@@ -113,9 +110,7 @@ def test_deterministic_for_any_worker_count(generated, tmp_path: Path) -> None:
     root, _, _ = generated
     synthetic.generate_dataset(tmp_path / "b", train=TRAIN, val=VAL, seed=SEED, height=H, width=W, workers=2)
     assert _tree(tmp_path / "b") == _tree(root)
-    synthetic.generate_dataset(
-        tmp_path / "c", train=TRAIN, val=VAL, seed=SEED + 1, height=H, width=W, workers=1
-    )
+    synthetic.generate_dataset(tmp_path / "c", train=TRAIN, val=VAL, seed=SEED + 1, height=H, width=W, workers=1)
     other = _tree(tmp_path / "c")
     images = [k for k in other if k.endswith("_leftImg8bit.png")]
     assert images and all(other[k] != _tree(root)[k] for k in images)
@@ -133,9 +128,7 @@ def test_splits_share_no_scene(generated) -> None:
     root, _, _ = generated
 
     def digests(split: str) -> set[str]:
-        return {
-            hashlib.sha256(p.read_bytes()).hexdigest() for p in (root / "leftImg8bit" / split).glob("*/*")
-        }
+        return {hashlib.sha256(p.read_bytes()).hexdigest() for p in (root / "leftImg8bit" / split).glob("*/*")}
 
     train, val = digests("train"), digests("val")
     assert len(train) == TRAIN and len(val) == VAL and not train & val

@@ -33,17 +33,57 @@ def test_eval_protocols_and_export(tiny_overrides, tmp_path, capsys):
     assert main(["train", "configs/synthetic/student.yaml", *tiny_overrides, "name=e"]) == 0
     ckpt = tmp_path / "runs/e/checkpoints/last.pt"
     out = tmp_path / "whole.json"
-    assert main(["eval", "configs/synthetic/student.yaml", *tiny_overrides, "--checkpoint", str(ckpt),
-                 "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "configs/synthetic/student.yaml",
+                *tiny_overrides,
+                "--checkpoint",
+                str(ckpt),
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     whole = json.loads(out.read_text())
     train_metrics = json.loads((tmp_path / "runs/e/summary.json").read_text())["val"]
     assert whole["mIoU"] == pytest.approx(train_metrics["mIoU"])
-    assert main(["eval", "configs/synthetic/student.yaml", *tiny_overrides, "--checkpoint", str(ckpt),
-                 "--mode", "slide", "--scales", "0.75", "1.0", "--flip"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "configs/synthetic/student.yaml",
+                *tiny_overrides,
+                "--checkpoint",
+                str(ckpt),
+                "--mode",
+                "slide",
+                "--scales",
+                "0.75",
+                "1.0",
+                "--flip",
+            ]
+        )
+        == 0
+    )
     st = tmp_path / "w.safetensors"
     assert main(["export", str(ckpt), "--safetensors", str(st), "--half"]) == 0
-    assert main(["eval", "configs/synthetic/student.yaml", *tiny_overrides, "--checkpoint", str(st),
-                 "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "configs/synthetic/student.yaml",
+                *tiny_overrides,
+                "--checkpoint",
+                str(st),
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert json.loads(out.read_text())["mIoU"] == pytest.approx(whole["mIoU"], abs=0.02)  # fp16 weights
 
 
@@ -52,8 +92,10 @@ def test_eval_protocols_and_export(tiny_overrides, tmp_path, capsys):
     [
         (["train", "missing.yaml"], "config file not found: missing.yaml"),
         (["train", "configs/synthetic/student.yaml", "train.iter=3"], "did you mean 'train.iters'"),
-        (["train", "configs/synthetic/student.yaml", "data.dataset=cityscapes", "data.root=/nonexistent"],
-         "/nonexistent"),
+        (
+            ["train", "configs/synthetic/student.yaml", "data.dataset=cityscapes", "data.root=/nonexistent"],
+            "/nonexistent",
+        ),
         (["eval", "configs/synthetic/student.yaml", "--checkpoint", "/nonexistent.pt"], "not found"),
         (["train", "configs/synthetic/student.yaml", "model.backbone=resnet18x"], "unknown backbone"),
     ],
@@ -69,7 +111,77 @@ def test_user_errors_exit_2_with_one_line(args, message, tiny_overrides, capsys)
 def test_checkpoint_from_another_model_is_refused(tiny_overrides, tmp_path, capsys):
     assert main(["train", "configs/synthetic/student.yaml", *tiny_overrides, "name=m"]) == 0
     ckpt = tmp_path / "runs/m/checkpoints/last.pt"
-    code = main(["eval", "configs/synthetic/student.yaml", *tiny_overrides, "model.num_classes=7",
-                 "--checkpoint", str(ckpt)])
+    code = main(
+        [
+            "eval",
+            "configs/synthetic/student.yaml",
+            *tiny_overrides,
+            "model.num_classes=7",
+            "--checkpoint",
+            str(ckpt),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "do not fit this model" in err
+
+
+def tiny_teacher(tiny_overrides, tmp_path):
+    """A tiny trained teacher checkpoint and the overrides that make apd.yaml use it."""
+    assert (
+        main(["train", "configs/synthetic/student.yaml", *tiny_overrides, "name=teacher", "model.head_channels=24"])
+        == 0
+    )
+    ckpt = tmp_path / "runs/teacher/checkpoints/last.pt"
+    return [
+        "teacher.backbone=mobilenetv2_100",
+        "teacher.backbone_kwargs={}",
+        "teacher.head_channels=24",
+        "teacher.ppm_channels=8",
+        f"teacher.weights={ckpt}",
+        "distill.options.apd.adapter_channels=16",
+    ]
+
+
+def test_distill_apd_end_to_end(tiny_overrides, tmp_path):
+    teacher = tiny_teacher(tiny_overrides, tmp_path)
+    assert main(["distill", "configs/synthetic/apd.yaml", *tiny_overrides, *teacher, "name=apd"]) == 0
+    lines = [json.loads(x) for x in (tmp_path / "runs/apd/metrics.jsonl").read_text().splitlines()]
+    logged = lines[0]
+    assert {"ce", "aux_ce", "kd", "apd_kl", "apd_align"} <= set(logged)
+    assert all(torch.isfinite(torch.tensor(logged[k])) for k in ("kd", "apd_kl", "apd_align"))
+    state = torch.load(tmp_path / "runs/apd/checkpoints/last.pt", weights_only=True)
+    assert any(k.startswith("apd.teacher_adapter") for k in state["task"])  # adapters are checkpointed
+    assert "apd_teacher_ce" in state["extra_optimizers"]
+    assert not any(k.startswith("teacher.") for k in state["model"])  # the teacher is not saved
+
+
+def test_distill_config_errors(tiny_overrides, tmp_path, capsys):
+    teacher = tiny_teacher(tiny_overrides, tmp_path)
+    capsys.readouterr()
+    cases = [
+        (["distill.methods=[apd, fitnet]"], "unknown distillation method 'fitnet'"),
+        (["distill.options.apd.scop=image"], "did you mean 'scope'"),
+        (["teacher.num_classes=7"], "teacher.num_classes (7) != model.num_classes (19)"),
+        (["teacher.weights=null"], "teacher.weights is not set"),
+        (["distill.student_taps={feat: head.botleneck, logits: head.classifier}"], "closest: head.bottleneck"),
+    ]
+    for extra, message in cases:
+        code = main(["distill", "configs/synthetic/apd.yaml", *tiny_overrides, *teacher, *extra, "name=bad"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and message in err[0], (extra, err)
+
+
+def test_teacher_with_another_class_count_is_refused(tiny_overrides, tmp_path, capsys):
+    teacher = tiny_teacher(tiny_overrides, tmp_path)
+    code = main(
+        [
+            "distill",
+            "configs/synthetic/apd.yaml",
+            *tiny_overrides,
+            *teacher,
+            "model.num_classes=7",
+            "teacher.num_classes=7",
+            "name=k7",
+        ]
+    )
+    assert code == 2 and "do not fit this model" in capsys.readouterr().err

@@ -48,9 +48,7 @@ CANDIDATES = np.concatenate([COLOURS, np.array([MEAN_FILL], np.uint8)]).astype(n
 CROP = (64, 96)
 
 
-def blocky_sample(
-    seed: int = 0, shape: tuple[int, int] = (96, 128), block: int = 16
-) -> tuple[np.ndarray, np.ndarray]:
+def blocky_sample(seed: int = 0, shape: tuple[int, int] = (96, 128), block: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """uint8 HxWx3 image and uint8 HxW mask, image == COLOURS[k] where mask == CLASS_IDS[k], in squares."""
     rng = np.random.default_rng(seed)
     coarse = rng.integers(0, len(COLOURS), size=(shape[0] // block, shape[1] // block), dtype=np.uint8)

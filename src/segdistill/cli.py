@@ -30,7 +30,12 @@ def cmd_synth(args: argparse.Namespace, console: Console) -> int:
 
     start = time.perf_counter()
     counts = generate_dataset(
-        args.out, train=args.train, val=args.val, seed=args.seed, height=args.height, width=args.width,
+        args.out,
+        train=args.train,
+        val=args.val,
+        seed=args.seed,
+        height=args.height,
+        width=args.width,
         workers=args.workers,
     )
     seconds = time.perf_counter() - start
@@ -99,8 +104,14 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
 
     if not args.safetensors:
         raise UserError("nothing to export: pass --safetensors OUT")
-    info = export_safetensors(args.checkpoint, args.safetensors, half=args.half, drop_aux=args.no_aux,
-                              name=args.name, command=args.command_note)
+    info = export_safetensors(
+        args.checkpoint,
+        args.safetensors,
+        half=args.half,
+        drop_aux=args.no_aux,
+        name=args.name,
+        command=args.command_note,
+    )
     console.print(f"wrote {args.safetensors} ({info['bytes'] / 1e6:.2f} MB, sha256 {info['sha256']})")
     return 0
 
@@ -166,7 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also follow options (``eval CONFIG --checkpoint X train.amp=none``)
+    unknown = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args, console)
     except UserError as exc:

@@ -44,6 +44,7 @@ class ModelConfig:
     ppm_channels: int | None = None
     aux: bool = True
     dropout: float = 0.1
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
     weights: str | None = None  # initial weights: a checkpoint/.safetensors path, or "shipped:<name>"
 
 
@@ -83,6 +84,7 @@ class TeacherConfig:
     head_channels: int | None = None
     ppm_channels: int | None = None
     aux: bool = True
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 from .engine.checkpoint import load_checkpoint, sha256
 from .errors import UserError
 

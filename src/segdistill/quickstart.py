@@ -21,7 +21,7 @@ from .data.labels import TRAIN_CLASSES
 from .engine.builders import build_model, ensure_synthetic, load_weights
 from .engine.evaluator import evaluate
 from .engine.run import run_distill, run_train
-from .engine.trainer import resolve_device
+from .engine.trainer import autocast_context, resolve_device
 from .models import count_parameters
 from .report.figures import prediction_panel
 
@@ -62,7 +62,8 @@ def run_quickstart(
     val_set = build_dataset("cityscapes", data_root, apd_cfg.data.val_split)
     loader = torch.utils.data.DataLoader(val_set, batch_size=apd_cfg.eval.batch_size)
     console.print(f"evaluating the shipped teacher ({apd_cfg.teacher.weights}) on {len(val_set)} val images")
-    teacher_metrics = evaluate(teacher, loader, apd_cfg.model.num_classes, device)
+    with autocast_context(device, apd_cfg.train.amp):
+        teacher_metrics = evaluate(teacher, loader, apd_cfg.model.num_classes, device)
 
     console.rule("student baseline (cross-entropy only)")
     baseline = run_train(student_cfg, console=console)
@@ -86,7 +87,8 @@ def run_quickstart(
     load_weights(apd_student, str(apd_cfg.run_dir / "checkpoints/last.pt"))
     samples = [val_set[i] for i in range(0, len(val_set), max(1, len(val_set) // 4))][:4]
     prediction_panel(
-        {"teacher": teacher.cpu(), "student": student, "APD student": apd_student}, samples,
+        {"teacher": teacher.cpu(), "student": student, "APD student": apd_student},
+        samples,
         Path(out) / "predictions.png",
     )
     print_table(results, console)
@@ -102,10 +104,20 @@ def print_table(results: dict, console: Console) -> None:
         table.add_column(col, justify="right" if col != "model" else "left")
     gain = apd["val"]["mIoU"] - base["val"]["mIoU"]
     table.add_row("teacher (shipped)", _fmt(teacher["val"]["mIoU"]), "", f"{teacher['parameters'] / 1e6:.2f} M", "")
-    table.add_row("student baseline", _fmt(base["val"]["mIoU"]), "", f"{base['parameters'] / 1e6:.2f} M",
-                  f"{base['train_seconds']:.0f} s")
-    table.add_row("APD student", _fmt(apd["val"]["mIoU"]), f"{100 * gain:+.2f}", f"{apd['parameters'] / 1e6:.2f} M",
-                  f"{apd['train_seconds']:.0f} s")
+    table.add_row(
+        "student baseline",
+        _fmt(base["val"]["mIoU"]),
+        "",
+        f"{base['parameters'] / 1e6:.2f} M",
+        f"{base['train_seconds']:.0f} s",
+    )
+    table.add_row(
+        "APD student",
+        _fmt(apd["val"]["mIoU"]),
+        f"{100 * gain:+.2f}",
+        f"{apd['parameters'] / 1e6:.2f} M",
+        f"{apd['train_seconds']:.0f} s",
+    )
     console.print(table)
     per_class = Table(title="per-class IoU: baseline -> APD")
     for col in ("class", "teacher", "baseline", "APD", "change"):

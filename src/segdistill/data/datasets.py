@@ -92,9 +92,7 @@ class CityscapesDataset(Dataset):
             raise UserError(f"Cityscapes split folder not found: {image_dir} (expected {self.root}/{layout})")
         self.images: list[Path] = sorted(image_dir.glob(f"*/*{_IMAGE_SUFFIX}"))
         if not self.images:
-            raise UserError(
-                f"no images in Cityscapes split folder {image_dir} (expected {self.root}/{layout})"
-            )
+            raise UserError(f"no images in Cityscapes split folder {image_dir} (expected {self.root}/{layout})")
         self.labels: list[Path] = []
         for image_path in self.images:
             label_dir = self.root / "gtFine" / split / image_path.parent.name
@@ -120,9 +118,7 @@ class CityscapesDataset(Dataset):
         bad = present[~in_range | ~self._valid[np.clip(present, 0, 255)]]
         if bad.size:
             shown = ", ".join(str(int(v)) for v in bad[:10]) + (", ..." if bad.size > 10 else "")
-            raise UserError(
-                f"label {path} has values not in the Cityscapes label table (valid ids 0..33): {shown}"
-            )
+            raise UserError(f"label {path} has values not in the Cityscapes label table (valid ids 0..33): {shown}")
 
     def load_train_ids(self, index: int) -> np.ndarray:
         """The label of sample ``index`` as uint8 HxW train ids (255 = ignore), unaugmented."""

@@ -40,9 +40,7 @@ _ABSENT = -1.0e4  # logit for classes absent from the batch: exp() underflows to
 
 def make_adapter(in_channels: int, hidden: int, out_channels: int) -> nn.Sequential:
     """The release's adapter: 1x1 conv, ReLU, 1x1 conv."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, out_channels, 1)
-    )
+    return nn.Sequential(nn.Conv2d(in_channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, out_channels, 1))
 
 
 def resize_labels(target: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -71,9 +69,7 @@ def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def pool_prototypes(
-    features: torch.Tensor, onehot: torch.Tensor, scope: str
-) -> tuple[torch.Tensor, torch.Tensor]:
+def pool_prototypes(features: torch.Tensor, onehot: torch.Tensor, scope: str) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-normalised class prototypes and presence.
 
     ``features B x C x h x w`` (already normalised per pixel), ``onehot B x K x h x w``.

@@ -48,15 +48,28 @@ def build_apd(ctx: MethodContext, options: dict[str, Any]) -> tuple[dict[str, Di
     """APD as released: APD KL 10, prototype alignment 10, scale 10, adapters on, plus logit KD 10 (T=1)."""
     opts = _options(
         options,
-        {"scope": "batch", "adapter": True, "adapter_channels": 512, "scale": 10.0, "teacher_adapter_lr": 1e-5,
-         "with_kd": True, "kd_temperature": 1.0},
+        {
+            "scope": "batch",
+            "adapter": True,
+            "adapter_channels": 512,
+            "scale": 10.0,
+            "teacher_adapter_lr": 1e-5,
+            "with_kd": True,
+            "kd_temperature": 1.0,
+        },
         "apd",
     )
     losses: dict[str, DistillLoss] = {
         "apd": APDLoss(
-            ctx.num_classes, ctx.student_channels["feat"], ctx.teacher_channels["feat"],
-            adapter=opts["adapter"], adapter_channels=opts["adapter_channels"], scale=opts["scale"],
-            ignore_index=ctx.ignore_index, scope=opts["scope"], teacher_adapter_lr=opts["teacher_adapter_lr"],
+            ctx.num_classes,
+            ctx.student_channels["feat"],
+            ctx.teacher_channels["feat"],
+            adapter=opts["adapter"],
+            adapter_channels=opts["adapter_channels"],
+            scale=opts["scale"],
+            ignore_index=ctx.ignore_index,
+            scope=opts["scope"],
+            teacher_adapter_lr=opts["teacher_adapter_lr"],
         )
     }
     weights = {"apd": 10.0}

@@ -66,8 +66,9 @@ class TapRecorder:
 
 
 @torch.no_grad()
-def probe_channels(model: nn.Module, taps: Mapping[str, str], input_size: tuple[int, int] = (64, 64),
-                   side: str = "model") -> dict[str, int]:
+def probe_channels(
+    model: nn.Module, taps: Mapping[str, str], input_size: tuple[int, int] = (64, 64), side: str = "model"
+) -> dict[str, int]:
     """Run one eval-mode forward on zeros and return ``{tap: channels}`` for each tap."""
     recorder = TapRecorder(model, taps, side)
     was_training = model.training

@@ -53,8 +53,14 @@ def build_loaders(config: Config, train: Dataset, val: Dataset) -> tuple[DataLoa
         raise UserError(f"the train split has {len(train)} images, fewer than data.batch_size={data.batch_size}")
     generator = torch.Generator().manual_seed(config.seed)
     train_loader = DataLoader(
-        train, batch_size=data.batch_size, shuffle=True, drop_last=True, num_workers=data.workers,
-        worker_init_fn=seed_worker, generator=generator, persistent_workers=False,
+        train,
+        batch_size=data.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=data.workers,
+        worker_init_fn=seed_worker,
+        generator=generator,
+        persistent_workers=False,
     )
     val_loader = DataLoader(val, batch_size=config.eval.batch_size, shuffle=False, num_workers=data.workers)
     return train_loader, val_loader
@@ -72,6 +78,7 @@ def build_model(cfg: ModelConfig | TeacherConfig, num_classes: int | None = None
         ppm_channels=cfg.ppm_channels,
         aux=cfg.aux,
         dropout=getattr(cfg, "dropout", 0.1),
+        backbone_kwargs=cfg.backbone_kwargs,
     )
     if cfg.weights:
         load_weights(model, cfg.weights)

@@ -68,8 +68,12 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_model_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
-    """Load ``state`` into ``model`` strictly, with one-line errors naming the first mismatch."""
+    """Load ``state`` into ``model`` strictly, with one-line errors naming the first mismatch.
+
+    Auxiliary-head weights are skipped when the model has no auxiliary head."""
     own = model.state_dict()
+    if not any(k.startswith("aux_head.") for k in own):  # the auxiliary head is training-only
+        state = {k: v for k, v in state.items() if not k.startswith("aux_head.")}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:

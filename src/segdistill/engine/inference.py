@@ -36,9 +36,7 @@ def forward_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def slide_logits(
-    model: nn.Module, images: torch.Tensor, window: Sequence[int], stride: Sequence[int]
-) -> torch.Tensor:
+def slide_logits(model: nn.Module, images: torch.Tensor, window: Sequence[int], stride: Sequence[int]) -> torch.Tensor:
     """Sliding-window logits: windows of ``window`` (H, W) every ``stride`` pixels, the last window flush
     with the border; overlapping logits are summed and divided by the count. Images smaller than the
     window are zero-padded (the mean colour after normalisation) and the padding cropped off."""

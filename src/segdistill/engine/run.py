@@ -14,7 +14,7 @@ from ..report.profile import count_flops
 from .builders import build_datasets, build_loaders, build_model, load_weights, write_summary
 from .evaluator import evaluate
 from .task import SupervisedTask
-from .trainer import Trainer, resolve_device, seed_everything
+from .trainer import Trainer, autocast_context, resolve_device, seed_everything
 
 
 def run_train(config: Config, resume: bool = False, console: Console | None = None) -> dict:
@@ -75,10 +75,18 @@ def run_eval(
     window = cfg.crop_size or config.data.crop_size
     stride = cfg.stride or [max(1, (2 * w) // 3) for w in window]
     start = time.perf_counter()
-    metrics = evaluate(
-        model, loader, config.model.num_classes, device,
-        mode=cfg.mode, window=window, stride=stride, scales=cfg.scales, flip=cfg.flip,
-    )
+    with autocast_context(device, config.train.amp):  # the same precision as evaluation during training
+        metrics = evaluate(
+            model,
+            loader,
+            config.model.num_classes,
+            device,
+            mode=cfg.mode,
+            window=window,
+            stride=stride,
+            scales=cfg.scales,
+            flip=cfg.flip,
+        )
     metrics["seconds"] = time.perf_counter() - start
     metrics["images"] = len(dataset)
     return metrics
@@ -104,8 +112,9 @@ def build_distiller(config: Config, student: nn.Module, teacher: nn.Module, devi
         teacher_channels=probe_channels(teacher, teacher_taps, size, "teacher"),
     )
     losses, weights = build_methods(cfg.methods, ctx, cfg.options, cfg.weights)
-    return Distiller(student, teacher, student_taps, teacher_taps, losses, weights,
-                     aux_weight=config.train.aux_weight).to(device)
+    return Distiller(
+        student, teacher, student_taps, teacher_taps, losses, weights, aux_weight=config.train.aux_weight
+    ).to(device)
 
 
 def run_distill(config: Config, resume: bool = False, console: Console | None = None) -> dict:

@@ -54,8 +54,12 @@ def split_param_groups(model: nn.Module, lr: float, head_lr_mult: float) -> list
             (backbone if name.split(".")[0] in ("backbone", "encoder") else head).append(param)
     groups = [
         {"params": [p for p in backbone if p.requires_grad], "lr": lr, "lr_mult": 1.0, "name": "backbone"},
-        {"params": [p for p in head if p.requires_grad], "lr": lr * head_lr_mult, "lr_mult": head_lr_mult,
-         "name": "head"},
+        {
+            "params": [p for p in head if p.requires_grad],
+            "lr": lr * head_lr_mult,
+            "lr_mult": head_lr_mult,
+            "name": "head",
+        },
     ]
     return [g for g in groups if g["params"]]
 

@@ -153,8 +153,7 @@ class Trainer:
             generator = getattr(self.train_loader, "generator", None)
             if generator is not None:
                 generator.manual_seed(self.config.seed * 100003 + self.epoch)
-            for batch in self.train_loader:
-                yield batch
+            yield from self.train_loader
             self.epoch += 1
 
     def _log(self, record: dict) -> None:
@@ -184,8 +183,15 @@ class Trainer:
         stride = cfg.stride or [max(1, (2 * w) // 3) for w in window]
         with self.autocast():
             return evaluate(
-                self.task.student, self.val_loader, self.num_classes, self.device,
-                mode=cfg.mode, window=window, stride=stride, scales=cfg.scales, flip=cfg.flip,
+                self.task.student,
+                self.val_loader,
+                self.num_classes,
+                self.device,
+                mode=cfg.mode,
+                window=window,
+                stride=stride,
+                scales=cfg.scales,
+                flip=cfg.flip,
             )
 
     def fit(self, resume: bool = False) -> dict:
@@ -203,9 +209,16 @@ class Trainer:
         window_start, window_images = time.perf_counter(), 0
         totals: dict[str, float] = {}
         progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=self.console, transient=False, refresh_per_second=2,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+            refresh_per_second=2,
         )
         with progress:
             bar = progress.add_task(self.config.name, total=cfg.iters, completed=self.step, info="")
@@ -219,7 +232,7 @@ class Trainer:
                 with self.autocast():
                     out = self.task(images, labels)
                 self._check_finite(out)
-                for name, module, opt in self.task.extra_steps:  # e.g. APD's teacher adapter, stepped first
+                for name, _module, opt in self.task.extra_steps:  # e.g. APD's teacher adapter, stepped first
                     opt.zero_grad(set_to_none=True)
                     out.extra_losses[name].backward()
                     opt.step()

@@ -17,15 +17,20 @@ KNOWN_BACKBONES = ("resnet18d", "resnet50d", "resnet101d", "mobilenetv2_100", "e
 class TimmBackbone(nn.Module):
     """Returns the last two feature levels of a timm model: ``[stage3, stage4]``.
 
+    Extra keyword arguments go to ``timm.create_model`` (e.g. ``channels=(32, 64, 128, 256),
+    stem_width=16`` for a half-width ResNet).
+
     With output stride 8 both are ``B x C_i x H/8 x W/8`` (the last two stages are dilated).
     ``channels`` gives ``(C_stage3, C_stage4)``.
     """
 
-    def __init__(self, name: str, output_stride: int = 8, pretrained: bool | str = False) -> None:
+    def __init__(
+        self, name: str, output_stride: int = 8, pretrained: bool | str = False, **timm_kwargs: object
+    ) -> None:
         super().__init__()
         if output_stride not in (8, 16, 32):
             raise UserError(f"output_stride must be 8, 16 or 32, got {output_stride}")
-        kwargs: dict = {"features_only": True, "output_stride": output_stride}
+        kwargs: dict = {"features_only": True, "output_stride": output_stride, **timm_kwargs}
         if isinstance(pretrained, str) and pretrained not in ("", "true", "True"):
             path = Path(pretrained)
             if not path.is_file():
@@ -38,11 +43,13 @@ class TimmBackbone(nn.Module):
             close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
             raise UserError(f"unknown backbone {name!r}; close timm names: {', '.join(close) or 'none'}")
         try:
-            probe = timm.create_model(name, features_only=True, pretrained=False)
+            probe = timm.create_model(name, features_only=True, pretrained=False, **timm_kwargs)
             levels = len(probe.feature_info)
             del probe
             kwargs["out_indices"] = (levels - 2, levels - 1)
             self.body = timm.create_model(name, pretrained=use_pretrained, **kwargs)
+        except TypeError as exc:  # an argument the timm model does not take
+            raise UserError(f"backbone {name!r} does not accept {sorted(timm_kwargs)}: {exc}") from exc
         except (OSError, RuntimeError) as exc:  # network or corrupt file while fetching weights
             raise UserError(f"could not load pretrained weights for backbone {name!r}: {exc}") from exc
         self.name = name

@@ -40,8 +40,7 @@ class PSPHead(nn.Module):
         super().__init__()
         ppm_channels = ppm_channels or in_channels // len(pool_scales)
         self.ppm = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(scale), conv_bn_relu(in_channels, ppm_channels))
-            for scale in pool_scales
+            nn.Sequential(nn.AdaptiveAvgPool2d(scale), conv_bn_relu(in_channels, ppm_channels)) for scale in pool_scales
         )
         self.bottleneck = conv_bn_relu(in_channels + len(pool_scales) * ppm_channels, channels, kernel=3)
         self.dropout = nn.Dropout2d(dropout)

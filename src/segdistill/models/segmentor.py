@@ -55,16 +55,18 @@ def build_segmentor(
     ppm_channels: int | None = None,
     aux: bool = True,
     dropout: float = 0.1,
+    backbone_kwargs: dict | None = None,
 ) -> Segmentor:
     """Build a segmentor, e.g. ``build_segmentor("pspnet", "resnet18d", 19)``.
 
     ``head``: ``"pspnet"`` (bottleneck 512 channels by default, as in the paper) or ``"deeplabv3"``
     (256). ``pretrained``: False, True (timm weights from the hub), or a path to a local weights file.
     ``aux``: an FCN auxiliary head on backbone stage 3 (its loss weight is set by the trainer, 0.4).
+    ``backbone_kwargs``: passed to ``timm.create_model`` (e.g. a reduced width).
     """
     if num_classes < 1:
         raise UserError(f"num_classes must be positive, got {num_classes}")
-    body = TimmBackbone(backbone, output_stride=output_stride, pretrained=pretrained)
+    body = TimmBackbone(backbone, output_stride=output_stride, pretrained=pretrained, **(backbone_kwargs or {}))
     c3, c4 = body.channels
     if head == "pspnet":
         decode: nn.Module = PSPHead(

@@ -36,11 +36,15 @@ def prediction_panel(
 
     cols = 2 + len(models)
     height, width = samples[0]["image"].shape[-2:]
-    fig, axes = plt.subplots(len(samples), cols, figsize=(2.2 * cols * width / height, 2.3 * len(samples)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(samples), cols, figsize=(2.2 * cols * width / height, 2.3 * len(samples)), squeeze=False
+    )
     for row, sample in enumerate(samples):
         images = sample["image"][None].to(device)
-        panels = [("image", denormalize(sample["image"])), ("ground truth", colorize(sample["label"].numpy()))]
+        panels = [
+            ("image", denormalize(sample["image"])),
+            ("ground truth", colorize(sample["label"].numpy())),
+        ]
         for name, model in models.items():
             was_training = model.training
             model.eval()

@@ -1,0 +1,29 @@
+"""The quickstart end to end on tiny data (the shipped teacher, tiny students, a few iterations)."""
+
+import json
+
+from segdistill.cli import main
+
+
+def test_quickstart_writes_report_table_and_figure(tiny_data, tiny_overrides, tmp_path, capsys):
+    out = tmp_path / "quick"
+    students = [o for o in tiny_overrides if not o.startswith(("data.root", "out_dir"))]
+    code = main(
+        [
+            "quickstart",
+            "--out",
+            str(out),
+            "--data",
+            str(tiny_data),
+            *students,
+            "distill.options.apd.adapter_channels=16",
+        ]
+    )
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) >= {"teacher", "baseline", "apd", "wall_seconds"}
+    assert results["baseline"]["iters"] == results["apd"]["iters"] == 4
+    report = (out / "report.md").read_text()
+    assert "| APD student |" in report and "predictions.png" in report
+    assert (out / "predictions.png").stat().st_size > 1000
+    assert "APD student" in capsys.readouterr().err
