@@ -39,6 +39,7 @@ def export_safetensors(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     save_file(weights, str(tmp))
+    tmp.chmod(0o644)
     tmp.replace(out)
     info = {"bytes": out.stat().st_size, "sha256": sha256(out)}
     if name:

@@ -17,7 +17,8 @@ ASSETS_DIR = Path(__file__).resolve().parent
 MANIFEST = ASSETS_DIR / "manifest.json"
 
 
-def read_manifest(path: Path = MANIFEST) -> dict:
+def read_manifest(path: Path | None = None) -> dict:
+    path = path or MANIFEST  # looked up at call time, so tests can point it elsewhere
     if not path.is_file():
         return {}
     try:
