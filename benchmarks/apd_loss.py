@@ -6,6 +6,7 @@ side in one run, and prints the ratio and the largest relative difference of the
 
     python benchmarks/apd_loss.py            # the three shapes of the issue
     python benchmarks/apd_loss.py --quick    # small shapes, a smoke test
+    python benchmarks/apd_loss.py --profile  # + where the vectorised loss spends its time (torch.profiler)
 """
 
 from __future__ import annotations
@@ -91,10 +92,28 @@ def bench(B: int, C: int, h: int, w: int, K: int, repeats: int) -> None:
     )
 
 
+def profile(B: int, C: int, h: int, w: int, K: int) -> None:
+    """Per-operator self time of one vectorised forward + backward (after a warm-up), largest first."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    g = torch.Generator().manual_seed(0)
+    f_s = torch.randn(B, C, h, w, generator=g, requires_grad=True)
+    f_t = torch.randn(B, C, h, w, generator=g)
+    target = torch.randint(0, K, (B, 8 * h, 8 * w), generator=g)
+    loss = APDLoss(K, C, C, adapter=True, adapter_channels=512)
+    step(lambda m, a, b, c: m(a, b, c), loss, f_s, f_t, target)
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        step(lambda m, a, b, c: m(a, b, c), loss, f_s, f_t, target)
+    print(f"profile of the vectorised loss at (B,C,h,w,K)=({B},{C},{h},{w},{K}), forward + backward:")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=40))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="also profile the vectorised loss at the first shape")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, forward+backward, best of {args.repeats}")
     shapes = (
@@ -104,6 +123,8 @@ def main() -> None:
     )
     for shape in shapes:
         bench(*shape, repeats=args.repeats)
+    if args.profile:
+        profile(*shapes[0])
 
 
 if __name__ == "__main__":

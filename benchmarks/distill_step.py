@@ -1,8 +1,8 @@
 """A whole distillation step on the embedded default: KD only against KD + APD, side by side.
 
 Teacher forward + student forward/backward + the losses + the optimizer steps (APD's teacher-adapter
-step included), with the recipes' models (``configs/synthetic/apd.yaml``), batch 8, crop 128, bf16
-and channels_last as in the recipe. Random weights: the cost does not depend on them.
+step included), with the recipes' models (``configs/synthetic/apd.yaml``), batch 8, crop 128, and the recipe's
+precision and memory format. Random weights: the cost does not depend on them.
 
     python benchmarks/distill_step.py [--steps 20]
 """
@@ -22,15 +22,22 @@ from segdistill.quickstart import recipe_path
 
 
 def make(methods: str):
-    config = load_config(recipe_path("synthetic/apd.yaml"), [f"distill.methods={methods}", "teacher.weights=null"])
+    overrides = [f"distill.methods={methods}", "teacher.weights=null"]
+    if "apd" not in methods:  # the recipe's APD options and weights name no loss of a KD-only run
+        overrides += ["distill.options={}", "distill.weights={}"]
+    config = load_config(recipe_path("synthetic/apd.yaml"), overrides)
     torch.manual_seed(0)
     student, teacher = build_model(config.model), build_model(config.teacher)
-    distiller = build_distiller(config, student, teacher, torch.device("cpu")).to(memory_format=torch.channels_last)
+    distiller = build_distiller(config, student, teacher, torch.device("cpu"))
+    if config.train.channels_last:
+        distiller = distiller.to(memory_format=torch.channels_last)
     groups = distiller.param_groups(config.train.lr, config.train.head_lr_mult)
     return config, distiller, torch.optim.SGD(groups, lr=config.train.lr, momentum=0.9, weight_decay=1e-4)
 
 
 def step(config, distiller, optimizer, images, labels) -> None:
+    if config.train.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
     with autocast_context(torch.device("cpu"), config.train.amp):
         out = distiller(images, labels)
     for name, _, own in distiller.extra_steps:
@@ -47,11 +54,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
     g = torch.Generator().manual_seed(0)
-    images = torch.randn(8, 3, 128, 128, generator=g).contiguous(memory_format=torch.channels_last)
+    images = torch.randn(8, 3, 128, 128, generator=g)
     labels = torch.randint(0, 15, (8, 128, 128), generator=g)
     runs = {name: make(methods) for name, methods in (("KD", "[kd]"), ("KD + APD", "[apd]"))}
     times: dict[str, list[float]] = {name: [] for name in runs}
     distiller = runs["KD + APD"][1]
+    cfg = runs["KD + APD"][0].train
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, {threads} threads, amp={cfg.amp}, channels_last={cfg.channels_last}")
     print(f"losses of 'KD + APD': {sorted(distiller.losses)}; of 'KD': {sorted(runs['KD'][1].losses)}")
     for i in range(args.steps + 2):  # interleaved, so that both see the same machine load; 2 warm-up rounds
         for name, (config, distiller, optimizer) in runs.items():

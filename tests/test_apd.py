@@ -206,3 +206,60 @@ def test_bf16_autocast_computes_in_float32():
         out = loss(f_s.bfloat16(), f_t.bfloat16(), target)
     assert all(v.dtype == torch.float32 for v in out.values())
     assert out["apd_kl"].item() == pytest.approx(ref["apd_kl"].item(), rel=5e-2, abs=1e-3)
+
+
+def test_image_scope_ignores_images_without_a_valid_pixel():
+    g = torch.Generator().manual_seed(3)
+    f_s = torch.randn(2, 6, 4, 4, generator=g)
+    f_t = torch.randn(2, 6, 4, 4, generator=g)
+    target = torch.randint(0, 3, (2, 16, 16), generator=g)
+    target[1] = 255  # image 1 has no valid pixel
+    loss = APDLoss(3, 6, 6, adapter=False, scope="image")
+    both = loss(f_s, f_t, target)
+    alone = loss(f_s[:1], f_t[:1], target[:1])
+    for key in ("apd_kl", "apd_align", "apd_teacher_ce"):
+        assert both[key].item() == pytest.approx(alone[key].item(), rel=1e-6), key
+
+
+def _global_scope_worker(rank: int, world: int, init_file: str, queue) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    g = torch.Generator().manual_seed(7)
+    f_s = torch.randn(4, 6, 5, 5, generator=g, dtype=torch.float64)
+    f_t = torch.randn(4, 6, 5, 5, generator=g, dtype=torch.float64)
+    target = torch.randint(0, 4, (4, 20, 20), generator=g)
+    half = slice(2 * rank, 2 * rank + 2)  # each rank sees half of the batch
+    x = f_s[half].clone().requires_grad_(True)
+    out = APDLoss(4, 6, 6, adapter=False, scope="global")(x, f_t[half], target[half])
+    (out["apd_kl"] + out["apd_align"]).backward()
+    queue.put((rank, {k: v.item() for k, v in out.items()}, x.grad))
+    dist.destroy_process_group()
+
+
+def test_global_scope_over_two_gloo_ranks_equals_batch_scope(tmp_path):
+    """Two ranks with half a batch each: prototypes pooled across ranks give, averaged over ranks as
+    DDP averages gradients, the batch-scope values and gradients of the whole batch."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_global_scope_worker, args=(r, 2, str(tmp_path / "init"), queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict((rank, (values, grad)) for rank, values, grad in (queue.get(timeout=120) for _ in procs))
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    g = torch.Generator().manual_seed(7)
+    f_s = torch.randn(4, 6, 5, 5, generator=g, dtype=torch.float64).requires_grad_(True)
+    f_t = torch.randn(4, 6, 5, 5, generator=g, dtype=torch.float64)
+    target = torch.randint(0, 4, (4, 20, 20), generator=g)
+    ref = APDLoss(4, 6, 6, adapter=False, scope="batch")(f_s, f_t, target)
+    (ref["apd_kl"] + ref["apd_align"]).backward()
+    for key in ("apd_kl", "apd_align", "apd_teacher_ce"):  # no ignored pixel: equal pixel counts per rank
+        mean = (results[0][0][key] + results[1][0][key]) / 2
+        assert mean == pytest.approx(ref[key].item(), rel=1e-9), key
+    # DDP averages the ranks' gradients: each rank's gradient of its own half, divided by 2.
+    grad = torch.cat([results[0][1], results[1][1]]) / 2
+    assert torch.allclose(grad, f_s.grad, rtol=1e-9, atol=1e-12)

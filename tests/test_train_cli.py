@@ -185,3 +185,19 @@ def test_teacher_with_another_class_count_is_refused(tiny_overrides, tmp_path, c
         ]
     )
     assert code == 2 and "do not fit this model" in capsys.readouterr().err
+
+
+def test_bad_file_read_in_a_dataloader_worker_is_named(tiny_overrides, tiny_data, tmp_path, capsys):
+    """torch re-raises a worker's exception under 'Caught ... in DataLoader worker'; the one line
+    shown must still be the original message naming the file."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
+    bad = sorted((root / "leftImg8bit" / "train").rglob("*_leftImg8bit.png"))[0]
+    bad.write_bytes(b"not a png")
+    overrides = [o for o in tiny_overrides if not o.startswith("data.root")]
+    code = main(["train", "configs/synthetic/student.yaml", *overrides, f"data.root={root}", "data.workers=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: ") and str(bad) in err[0] and "Caught" not in err[0], err

@@ -174,6 +174,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_message(exc: UserError) -> str:
+    """The one line to show for a user error.
+
+    A ``UserError`` raised in a DataLoader worker comes back re-raised by torch with the message
+    ``Caught UserError in DataLoader worker process N.`` followed by the worker's traceback, whose
+    last line holds the original message (the one naming the bad file)."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].startswith("Caught ") and "worker" in lines[0]:
+        last = lines[-1]
+        _, sep, message = last.partition("UserError: ")
+        return message if sep else last
+    return lines[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     parser = build_parser()
@@ -187,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args, console)
     except UserError as exc:
-        print(f"error: {str(exc).splitlines()[0] if str(exc) else exc}", file=sys.stderr)
+        print(f"error: {user_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -60,12 +60,27 @@ def one_hot_valid(
     return onehot * valid[:, None].to(dtype)
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks. Every rank's output depends on every rank's input, so the gradient of a rank's
+    input is the sum over ranks of the gradients of their outputs: an all-reduce again."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
 def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     """Differentiable all-reduce (sum) across DDP ranks; identity when not distributed."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        from torch.distributed.nn.functional import all_reduce
-
-        return all_reduce(x, op=dist.ReduceOp.SUM)
+        return _AllReduceSum.apply(x)
     return x
 
 
@@ -196,9 +211,11 @@ class APDLoss(DistillLoss):
             log_p = F.log_softmax(z_t, dim=1)
             kl_map = (log_p.exp() * (log_p - log_q)).sum(dim=1)  # B x h x w
             pixels = size[0] * size[1]
-            if present.dim() == 2:  # per image: each image's N_b
-                n_present = present_f.sum(dim=1).clamp(min=1.0)
-                apd_kl = (kl_map.sum(dim=(1, 2)) / (n_present * pixels)).mean()
+            if present.dim() == 2:  # per image: each image's N_b; images without a valid pixel do not count
+                n_present = present_f.sum(dim=1)
+                counted = (n_present > 0).to(dtype)
+                per_image = kl_map.sum(dim=(1, 2)) / (n_present.clamp(min=1.0) * pixels)
+                apd_kl = (per_image * counted).sum() / counted.sum().clamp(min=1.0)
             else:
                 n_present = present_f.sum().clamp(min=1.0)
                 apd_kl = kl_map.sum() / (n_present * kl_map.shape[0] * pixels)

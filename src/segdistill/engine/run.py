@@ -92,11 +92,14 @@ def run_eval(
     return metrics
 
 
-DEFAULT_TAPS = {"feat": "head.bottleneck", "logits": "head.classifier"}
+# The release taps the PSP output *after* Dropout2d (the student's APD features are dropped out in
+# training; the teacher runs in eval mode, where the dropout is the identity).
+DEFAULT_TAPS = {"feat": "head.dropout", "logits": "head.classifier"}
 
 
 def build_distiller(config: Config, student: nn.Module, teacher: nn.Module, device: torch.device) -> nn.Module:
-    """The Distiller for ``config.distill``: taps (default: our segmentors' bottleneck and classifier),
+    """The Distiller for ``config.distill``: taps (default: our segmentors' features after the head's
+    dropout, as the release taps them, and the classifier),
     channel counts probed with one forward pass, the listed methods with their weights."""
     from ..distill import Distiller, probe_channels
     from ..distill.methods import MethodContext, build_methods

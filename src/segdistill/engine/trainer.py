@@ -233,9 +233,13 @@ class Trainer:
                     out = self.task(images, labels)
                 self._check_finite(out)
                 for name, _module, opt in self.task.extra_steps:  # e.g. APD's teacher adapter, stepped first
+                    term = out.extra_losses[name]
                     opt.zero_grad(set_to_none=True)
-                    out.extra_losses[name].backward()
-                    opt.step()
+                    # As the release: no step on a batch where the term is 0 (no valid pixel), so that
+                    # Adam's momentum does not move the module on an empty batch.
+                    if term.requires_grad and float(term.detach()) > 0.0:
+                        term.backward()
+                        opt.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(out.total).backward()
                 self.scaler.step(self.optimizer)
