@@ -263,3 +263,37 @@ def test_global_scope_over_two_gloo_ranks_equals_batch_scope(tmp_path):
     # DDP averages the ranks' gradients: each rank's gradient of its own half, divided by 2.
     grad = torch.cat([results[0][1], results[1][1]]) / 2
     assert torch.allclose(grad, f_s.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_batch_scope_kl_and_teacher_ce_known_by_hand():
+    """The hand case in batch scope, every term written out with plain math (no torch softmax)."""
+    import math
+
+    f_s, target = hand_case()
+    f_s = f_s.double()  # float64: the teacher CE here is ~5e-5, below float32's relative resolution of log(1 - x)
+    f_t = f_s.clone()
+    f_t[1] = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])
+    out = APDLoss(2, 2, 2, adapter=False, scope="batch")(f_s, f_t, target)
+    r5 = math.sqrt(5.0)
+    p_s = [(2 / r5, 1 / r5), (1.0, 0.0)]  # student prototypes of classes 0 and 1
+    p_t = [(1.0, 0.0), (0.0, 1.0)]
+    s_pix = [(1.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 0.0)]  # pixels in (image, position) order
+    t_pix = [(1.0, 0.0), (1.0, 0.0), (1.0, 0.0), (0.0, 1.0)]
+    labels = [0, 0, 0, 1]
+
+    def softmax(z):
+        m = max(z)
+        e = [math.exp(v - m) for v in z]
+        return [v / sum(e) for v in e]
+
+    def dot(a, b):
+        return a[0] * b[0] + a[1] * b[1]
+
+    kl_sum, ce_sum = 0.0, 0.0
+    for s, t, y in zip(s_pix, t_pix, labels):
+        q = softmax([10 * dot(s, p) for p in p_s])
+        p = softmax([10 * dot(t, c) for c in p_t])
+        kl_sum += sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q))
+        ce_sum += -math.log(p[y])
+    assert out["apd_kl"].item() == pytest.approx(kl_sum / (2 * 2 * 2), rel=1e-5)  # / (N * B * h * w)
+    assert out["apd_teacher_ce"].item() == pytest.approx(ce_sum / 4, rel=1e-5)  # mean over 4 valid pixels

@@ -23,7 +23,14 @@ def test_quickstart_writes_report_table_and_figure(tiny_data, tiny_overrides, tm
     results = json.loads((out / "results.json").read_text())
     assert set(results) >= {"teacher", "baseline", "apd", "wall_seconds"}
     assert results["baseline"]["iters"] == results["apd"]["iters"] == 4
+    assert results["dataset"] == {"seed": 0, "height": 64, "width": 128, "train": 8, "val": 4}
+    for run in ("baseline", "apd"):
+        assert results[run]["parameters"] > 0 and results[run]["train_seconds"] > 0
+        assert 0.0 <= results[run]["val"]["mIoU"] <= 1.0 and len(results[run]["val"]["iou"]) == 19
     report = (out / "report.md").read_text()
     assert "| APD student |" in report and "predictions.png" in report
+    assert "| class | teacher | baseline | APD | change |" in report and "| road |" in report
+    assert "8 train / 4 val scenes at 64x128" in report
+    err = capsys.readouterr().err
+    assert "non-default dataset" in err and "per-class IoU" in err
     assert (out / "predictions.png").stat().st_size > 1000
-    assert "APD student" in capsys.readouterr().err

@@ -44,6 +44,29 @@ def quickstart_configs(out: str, data_root: str, seed: int, overrides: list[str]
     return student, apd
 
 
+def describe_dataset(root: Path, console: Console) -> dict:
+    """The generator's parameters from ``synth.json``; a warning when they are not the defaults (the
+    README's figures are for the default dataset)."""
+    from .data import synthetic
+
+    meta = json.loads((root / "synth.json").read_text())
+    default = {
+        "seed": 0,
+        "height": synthetic.DEFAULT_HEIGHT,
+        "width": synthetic.DEFAULT_WIDTH,
+        "train": synthetic.DEFAULT_TRAIN,
+        "val": synthetic.DEFAULT_VAL,
+    }
+    used = {key: meta.get(key) for key in default}
+    if used != default:
+        console.print(
+            f"[yellow]warning:[/] {root / 'synth.json'} describes a non-default dataset {used}; "
+            f"the README's figures are for {default}",
+            soft_wrap=True,
+        )
+    return used
+
+
 def run_quickstart(
     out: str = "runs/quickstart",
     data_root: str = "data/synthetic",
@@ -54,6 +77,7 @@ def run_quickstart(
     console = console or Console(stderr=True)
     start = time.perf_counter()
     ensure_synthetic(data_root, console)
+    dataset = describe_dataset(Path(data_root), console)
     student_cfg, apd_cfg = quickstart_configs(out, data_root, seed, list(overrides or []))
     device = resolve_device(apd_cfg.train.device)
 
@@ -75,6 +99,7 @@ def run_quickstart(
         "baseline": baseline,
         "apd": apd,
         "wall_seconds": time.perf_counter() - start,
+        "dataset": dataset,
         "seed": seed,
         "iters": student_cfg.train.iters,
     }
@@ -130,14 +155,24 @@ def print_table(results: dict, console: Console) -> None:
     console.print(per_class)
 
 
+def _dataset_line(dataset: dict | None) -> str:
+    if not dataset:
+        return "unknown generator parameters"
+    return (
+        f"{dataset['train']} train / {dataset['val']} val scenes at {dataset['height']}x{dataset['width']}, "
+        f"generator seed {dataset['seed']}"
+    )
+
+
 def write_report(results: dict, path: Path, config: Config) -> None:
     teacher, base, apd = results["teacher"], results["baseline"], results["apd"]
     gain = apd["val"]["mIoU"] - base["val"]["mIoU"]
     lines = [
         "# segdistill quickstart",
         "",
-        f"Synthetic street scenes (Cityscapes layout), seed {results['seed']}, {results['iters']} iterations "
-        f"of batch {config.data.batch_size} for both students; wall time {results['wall_seconds'] / 60:.1f} min.",
+        f"Synthetic street scenes (Cityscapes layout; {_dataset_line(results.get('dataset'))}), training seed "
+        f"{results['seed']}, {results['iters']} iterations of batch {config.data.batch_size} for both students; "
+        f"wall time {results['wall_seconds'] / 60:.1f} min.",
         "",
         "| model | val mIoU | gain | parameters | train time |",
         "|---|---:|---:|---:|---:|",
