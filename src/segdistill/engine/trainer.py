@@ -219,6 +219,7 @@ class Trainer:
             console=self.console,
             transient=False,
             refresh_per_second=2,
+            disable=not self.console.is_terminal,  # logs and CI get plain lines (below), never a bar's last frame
         )
         with progress:
             bar = progress.add_task(self.config.name, total=cfg.iters, completed=self.step, info="")
