@@ -297,3 +297,23 @@ def test_batch_scope_kl_and_teacher_ce_known_by_hand():
         ce_sum += -math.log(p[y])
     assert out["apd_kl"].item() == pytest.approx(kl_sum / (2 * 2 * 2), rel=1e-5)  # / (N * B * h * w)
     assert out["apd_teacher_ce"].item() == pytest.approx(ce_sum / 4, rel=1e-5)  # mean over 4 valid pixels
+
+
+@pytest.mark.parametrize("scope", ["batch", "image"])
+def test_channels_last_features_give_the_same_values_and_gradients(scope):
+    """Features from a channels_last model (the recipes' memory format) go through the same maths."""
+    torch.manual_seed(0)
+    loss = APDLoss(5, 6, 8, adapter_channels=12, scope=scope)
+    f_s = torch.randn(2, 6, 4, 5)
+    f_t = torch.randn(2, 8, 4, 5)
+    target = torch.randint(0, 5, (2, 16, 20))
+    results = []
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        s = f_s.clone().contiguous(memory_format=memory_format).requires_grad_()
+        out = loss(s, f_t.contiguous(memory_format=memory_format), target)
+        (out["apd_kl"] + out["apd_align"]).backward()
+        results.append(({k: v.detach() for k, v in out.items()}, s.grad.clone()))
+    (a, grad_a), (b, grad_b) = results
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_a, grad_b, rtol=1e-5, atol=1e-6)

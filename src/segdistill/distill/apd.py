@@ -19,7 +19,7 @@ if it differs), ``target B x H x W`` (ignore 255). Reductions follow the authors
 
 Release weights: ``apd_kl`` 10, ``apd_align`` 10 (plus logit KD 10 at T=1), scale 10.
 
-Implementation: one one-hot mask ``B x K x h x w`` and two einsums pool every prototype at once
+Implementation: one one-hot mask ``B x K x h x w`` and batched matmuls on views pool every prototype at once
 (``normalize(mean) == normalize(sum)``, so counts are only used for presence); absent classes are
 masked with a large negative logit, so every shape is static and nothing syncs with the host.
 """
@@ -87,16 +87,15 @@ def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
 def pool_prototypes(features: torch.Tensor, onehot: torch.Tensor, scope: str) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-normalised class prototypes and presence.
 
-    ``features B x C x h x w`` (already normalised per pixel), ``onehot B x K x h x w``.
-    Returns ``(prototypes, present)``: ``K x C`` and ``K`` for scopes batch/global, ``B x K x C``
-    and ``B x K`` for scope image. Absent prototypes are zero vectors.
+    ``features B x C x h x w`` (already normalised per pixel), ``onehot B x K x h x w``, both
+    contiguous. Returns ``(prototypes, present)``: ``K x C`` and ``K`` for scopes batch/global,
+    ``B x K x C`` and ``B x K`` for scope image. Absent prototypes are zero vectors.
+    One batched matmul ``(B x K x hw) @ (B x hw x C)`` on views: no copy of the feature map.
     """
-    if scope == "image":
-        sums = torch.einsum("bkhw,bchw->bkc", onehot, features)
-        counts = onehot.sum(dim=(2, 3))
-    else:
-        sums = torch.einsum("bkhw,bchw->kc", onehot, features)
-        counts = onehot.sum(dim=(0, 2, 3))
+    sums = torch.bmm(onehot.flatten(2), features.flatten(2).transpose(1, 2))  # B x K x C
+    counts = onehot.sum(dim=(2, 3))  # B x K
+    if scope != "image":
+        sums, counts = sums.sum(dim=0), counts.sum(dim=0)
         if scope == "global":
             sums = _all_reduce_sum(sums)
             counts = _all_reduce_sum(counts.detach())
@@ -104,10 +103,11 @@ def pool_prototypes(features: torch.Tensor, onehot: torch.Tensor, scope: str) ->
 
 
 def adaptive_logits(features: torch.Tensor, prototypes: torch.Tensor, scale: float) -> torch.Tensor:
-    """Cosine logits ``B x K x h x w`` of normalised features against ``K x C`` or ``B x K x C`` prototypes."""
-    if prototypes.dim() == 2:
-        return scale * torch.einsum("bchw,kc->bkhw", features, prototypes)
-    return scale * torch.einsum("bchw,bkc->bkhw", features, prototypes)
+    """Cosine logits ``B x K x h x w`` (contiguous) of normalised, contiguous ``B x C x h x w`` features
+    against ``K x C`` or ``B x K x C`` prototypes: one matmul on a view of the feature map."""
+    b, _, h, w = features.shape
+    logits = torch.matmul(prototypes, features.flatten(2))  # B x K x hw
+    return (scale * logits).view(b, -1, h, w)
 
 
 class APDLoss(DistillLoss):
@@ -193,8 +193,9 @@ class APDLoss(DistillLoss):
             if self.student_adapter is not None:
                 f_s = self.student_adapter(f_s)
                 f_t = self.teacher_adapter(f_t)
-            s = F.normalize(f_s, dim=1)
-            t = F.normalize(f_t, dim=1)  # carries gradient to the teacher adapter only
+            # contiguous NCHW (a no-op unless the maps are channels_last): every later op is a view
+            s = F.normalize(f_s, dim=1).contiguous()
+            t = F.normalize(f_t, dim=1).contiguous()  # carries gradient to the teacher adapter only
             labels = resize_labels(target, size)
             onehot = one_hot_valid(labels, self.num_classes, self.ignore_index, dtype)
 
@@ -205,8 +206,11 @@ class APDLoss(DistillLoss):
             mask = mask[..., None, None]
 
             # Student terms: the teacher side is detached.
+            # The teacher's adaptive logits are computed once: detached for the student terms, with
+            # gradient (to the teacher adapter) for the teacher-side cross-entropy.
+            z_t_raw = adaptive_logits(t, p_t, self.scale)
             z_s = adaptive_logits(s, p_s, self.scale).masked_fill(~mask, _ABSENT)
-            z_t = adaptive_logits(t.detach(), p_t.detach(), self.scale).masked_fill(~mask, _ABSENT)
+            z_t = z_t_raw.detach().masked_fill(~mask, _ABSENT)
             log_q = F.log_softmax(z_s, dim=1)
             log_p = F.log_softmax(z_t, dim=1)
             kl_map = (log_p.exp() * (log_p - log_q)).sum(dim=1)  # B x h x w
@@ -223,7 +227,7 @@ class APDLoss(DistillLoss):
             apd_align = (0.5 * (1.0 - cos) * present_f).sum() / present_f.sum().clamp(min=1.0)
 
             # Teacher-adapter term: adaptive teacher logits in K channels, absent classes 0.
-            z_t_train = adaptive_logits(t, p_t, self.scale) * mask.to(t.dtype)
+            z_t_train = z_t_raw * mask.to(t.dtype)
             z_up = F.interpolate(z_t_train, size=target.shape[-2:], mode="bilinear", align_corners=True)
             valid = (target != self.ignore_index).any()
             ce = F.cross_entropy(z_up, target, ignore_index=self.ignore_index, reduction="sum")
