@@ -12,6 +12,7 @@ side in one run, and prints the ratio and the largest relative difference of the
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import torch
@@ -177,7 +178,7 @@ def profile(B: int, C: int, h: int, w: int, K: int) -> None:
     for event in prof.events():
         if event.cpu_children or not event.name.startswith("aten::") or event.name in _VIEWS:
             continue  # innermost operators that touch memory only
-        shapes = [s for s in event.input_shapes if isinstance(s, list) and s and _prod(s) == numel]
+        shapes = [s for s in event.input_shapes if isinstance(s, list) and s and math.prod(s) == numel]
         if shapes:
             passes[event.name] = passes.get(event.name, 0) + len(shapes)
     total = sum(passes.values())
@@ -193,13 +194,6 @@ _VIEWS = {
     for n in "as_strided view _reshape_alias _unsafe_view reshape resolve_conj resolve_neg detach to expand "
     "permute transpose t flatten slice select squeeze unsqueeze alias".split()
 }
-
-
-def _prod(shape: list) -> int:
-    out = 1
-    for d in shape:
-        out *= d
-    return out
 
 
 def main() -> None:

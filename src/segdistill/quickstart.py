@@ -47,17 +47,10 @@ def quickstart_configs(out: str, data_root: str, seed: int, overrides: list[str]
 def describe_dataset(root: Path, console: Console) -> dict:
     """The generator's parameters from ``synth.json``; a warning when they are not the defaults (the
     README's figures are for the default dataset)."""
-    from .data import synthetic
+    from .data.synthetic import DEFAULT_PARAMS as default
+    from .data.synthetic import read_params
 
-    meta = json.loads((root / "synth.json").read_text())
-    default = {
-        "seed": 0,
-        "height": synthetic.DEFAULT_HEIGHT,
-        "width": synthetic.DEFAULT_WIDTH,
-        "train": synthetic.DEFAULT_TRAIN,
-        "val": synthetic.DEFAULT_VAL,
-    }
-    used = {key: meta.get(key) for key in default}
+    used = read_params(root)
     if used != default:
         console.print(
             f"[yellow]warning:[/] {root / 'synth.json'} describes a non-default dataset {used}; "

@@ -23,6 +23,14 @@ DEFAULT_HEIGHT = 128
 DEFAULT_WIDTH = 256
 DEFAULT_TRAIN = 800
 DEFAULT_VAL = 200
+# the generator parameters recorded in synth.json, at their defaults (the embedded default dataset)
+DEFAULT_PARAMS = {
+    "seed": 0,
+    "height": DEFAULT_HEIGHT,
+    "width": DEFAULT_WIDTH,
+    "train": DEFAULT_TRAIN,
+    "val": DEFAULT_VAL,
+}
 TRAIN_CITIES = ("alderford", "brackenmoor", "corrinvale")
 VAL_CITIES = ("dunmere", "elsworth")
 
@@ -1389,3 +1397,15 @@ def generate_dataset(
     tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, marker)
     return counts
+
+
+def read_params(root: str | Path) -> dict[str, Any]:
+    """The generator parameters (the keys of ``DEFAULT_PARAMS``) recorded in ``<root>/synth.json``."""
+    from segdistill.errors import UserError
+
+    path = Path(root) / "synth.json"
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read the generator record {path}: {exc}") from None
+    return {key: meta.get(key) for key in DEFAULT_PARAMS}

@@ -205,9 +205,8 @@ class APDLoss(DistillLoss):
             mask = present if present.dim() == 2 else present[None]  # B x K or 1 x K
             mask = mask[..., None, None]
 
-            # Student terms: the teacher side is detached.
             # The teacher's adaptive logits are computed once: detached for the student terms, with
-            # gradient (to the teacher adapter) for the teacher-side cross-entropy.
+            # gradient (to the teacher adapter only) for the teacher-side cross-entropy.
             z_t_raw = adaptive_logits(t, p_t, self.scale)
             z_s = adaptive_logits(s, p_s, self.scale).masked_fill(~mask, _ABSENT)
             z_t = z_t_raw.detach().masked_fill(~mask, _ABSENT)
@@ -229,8 +228,7 @@ class APDLoss(DistillLoss):
             # Teacher-adapter term: adaptive teacher logits in K channels, absent classes 0.
             z_t_train = z_t_raw * mask.to(t.dtype)
             z_up = F.interpolate(z_t_train, size=target.shape[-2:], mode="bilinear", align_corners=True)
-            valid = (target != self.ignore_index).any()
+            # 'sum' is 0 when every pixel is ignored, so a batch without a valid pixel gives 0, not NaN
             ce = F.cross_entropy(z_up, target, ignore_index=self.ignore_index, reduction="sum")
-            n_valid = (target != self.ignore_index).sum().clamp(min=1)
-            apd_teacher_ce = torch.where(valid, ce / n_valid, ce * 0.0)
+            apd_teacher_ce = ce / (target != self.ignore_index).sum().clamp(min=1)
         return {"apd_kl": apd_kl, "apd_align": apd_align, "apd_teacher_ce": apd_teacher_ce}

@@ -207,7 +207,7 @@ class Trainer:
         last_metrics: dict = {}
         start_time = time.perf_counter()
         window_start, window_images = time.perf_counter(), 0
-        totals: dict[str, float] = {}
+        totals: dict[str, torch.Tensor] = {}  # summed on the device, read once per log interval
         progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -248,13 +248,13 @@ class Trainer:
                 self.step += 1
                 window_images += images.shape[0]
                 for name, value in out.losses.items():
-                    totals[name] = totals.get(name, 0.0) + float(value.detach())
-                totals["loss"] = totals.get("loss", 0.0) + float(out.total.detach())
+                    totals[name] = totals.get(name, 0.0) + value.detach()
+                totals["loss"] = totals.get("loss", 0.0) + out.total.detach()
                 if self.step % cfg.log_interval == 0 or self.step == cfg.iters:
                     n = cfg.log_interval if self.step % cfg.log_interval == 0 else self.step % cfg.log_interval
                     elapsed = time.perf_counter() - window_start
                     record = {"step": self.step, "lr": lr, "images_per_s": window_images / max(elapsed, 1e-9)}
-                    record.update({k: v / n for k, v in totals.items()})
+                    record.update({k: float(v) / n for k, v in totals.items()})
                     self._log(record)
                     info = f"loss {record['loss']:.3f}  lr {lr:.2e}  {record['images_per_s']:.1f} img/s"
                     progress.update(bar, info=info)
