@@ -233,7 +233,9 @@ def _global_scope_worker(rank: int, world: int, init_file: str, queue) -> None:
     x = f_s[half].clone().requires_grad_(True)
     out = APDLoss(4, 6, 6, adapter=False, scope="global")(x, f_t[half], target[half])
     (out["apd_kl"] + out["apd_align"]).backward()
-    queue.put((rank, {k: v.item() for k, v in out.items()}, x.grad))
+    # numpy, pickled by value: a tensor would travel through shared memory, which the receiver may
+    # open only after this process has exited (EOFError)
+    queue.put((rank, {k: v.item() for k, v in out.items()}, x.grad.numpy().copy()))
     dist.destroy_process_group()
 
 
@@ -261,7 +263,7 @@ def test_global_scope_over_two_gloo_ranks_equals_batch_scope(tmp_path):
         mean = (results[0][0][key] + results[1][0][key]) / 2
         assert mean == pytest.approx(ref[key].item(), rel=1e-9), key
     # DDP averages the ranks' gradients: each rank's gradient of its own half, divided by 2.
-    grad = torch.cat([results[0][1], results[1][1]]) / 2
+    grad = torch.cat([torch.from_numpy(results[0][1]), torch.from_numpy(results[1][1])]) / 2
     assert torch.allclose(grad, f_s.grad, rtol=1e-9, atol=1e-12)
 
 

@@ -159,7 +159,7 @@ def test_distill_config_errors(tiny_overrides, tmp_path, capsys):
     teacher = tiny_teacher(tiny_overrides, tmp_path)
     capsys.readouterr()
     cases = [
-        (["distill.methods=[apd, fitnet]"], "unknown distillation method 'fitnet'"),
+        (["distill.methods=[apd, fitnett]"], "unknown distillation method 'fitnett' (did you mean 'fitnet'?)"),
         (["distill.options.apd.scop=image"], "did you mean 'scope'"),
         (["teacher.num_classes=7"], "teacher.num_classes (7) != model.num_classes (19)"),
         (["teacher.weights=null"], "teacher.weights is not set"),

@@ -1,9 +1,35 @@
-"""Distillation losses and the Distiller."""
+"""Distillation losses and the Distiller: APD and the baselines it is compared against."""
 
+from .adversarial import AdversarialLoss, Discriminator
 from .apd import APDLoss
+from .at import ATLoss
 from .base import DistillLoss
+from .cirkd import CIRKDMemoryLoss, CIRKDMiniBatchLoss
+from .cwd import CWDLoss
+from .dist import DISTLoss
 from .distiller import Distiller
+from .fitnet import FitNetLoss
+from .ifvd import IFVDLoss
 from .kd import KDLoss
+from .skd import PairwiseLoss
 from .taps import TapRecorder, find_module, probe_channels
 
-__all__ = ["APDLoss", "DistillLoss", "Distiller", "KDLoss", "TapRecorder", "find_module", "probe_channels"]
+__all__ = [
+    "APDLoss",
+    "ATLoss",
+    "AdversarialLoss",
+    "CIRKDMemoryLoss",
+    "CIRKDMiniBatchLoss",
+    "CWDLoss",
+    "DISTLoss",
+    "Discriminator",
+    "DistillLoss",
+    "Distiller",
+    "FitNetLoss",
+    "IFVDLoss",
+    "KDLoss",
+    "PairwiseLoss",
+    "TapRecorder",
+    "find_module",
+    "probe_channels",
+]

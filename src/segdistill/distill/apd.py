@@ -124,6 +124,7 @@ class APDLoss(DistillLoss):
     """
 
     taps = ("feat",)
+    terms = ("apd_kl", "apd_align", "apd_teacher_ce")
     own_terms = frozenset({"apd_teacher_ce"})
 
     def __init__(

@@ -8,7 +8,10 @@ the taps from both models, brings teacher maps to the student's grid, and calls
 A loss may own modules trained by the student's optimizer (adapters, projectors) and modules that
 need their own optimizer (APD's teacher adapter, SKD's discriminator): those declare themselves in
 ``own_optimizers()`` together with the names of the terms that train them (``own_terms``); such
-terms are never added to the student's total.
+terms are never added to the student's total. Own optimizers step before the student's step (APD's
+teacher adapter, as the release), or after it for the terms listed in ``steps_after_student`` (a GAN
+discriminator, whose parameters the student's adversarial term back-propagates through).
+``terms`` lists the names of the terms a loss returns (used to check weight keys).
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from torch import nn
 
 class DistillLoss(nn.Module):
     taps: tuple[str, ...] = ("feat",)
+    terms: tuple[str, ...] = ()
     own_terms: frozenset[str] = frozenset()
+    steps_after_student: frozenset[str] = frozenset()
 
     def forward_taps(
         self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], target: torch.Tensor

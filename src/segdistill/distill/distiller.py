@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 
 import torch
@@ -12,7 +13,7 @@ from ..engine.inference import output_logits
 from ..engine.task import StepOutput, segmentation_losses, split_param_groups
 from ..errors import UserError
 from .base import DistillLoss
-from .taps import TapRecorder
+from .taps import TapRecorder, find_module
 
 
 def to_common_grid(student_map: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tensor:
@@ -63,14 +64,22 @@ class Distiller(nn.Module):
                 for side, taps in (("student", student_taps), ("teacher", teacher_taps)):
                     if tap not in taps:
                         raise UserError(f"loss {name!r} reads tap {tap!r}, which {side}_taps does not define")
-        known_terms = set(self.losses) | {"ce", "aux_ce"}
+        known = set(self.losses) | {"ce", "aux_ce"}
+        for loss in self.losses.values():
+            known |= {t for t in getattr(loss, "terms", ()) if t not in getattr(loss, "own_terms", ())}
         for key in self.weights:
-            if key not in known_terms and not any(key.startswith(f"{n}_") for n in self.losses) and key != "kd":
-                raise UserError(f"weight {key!r} names no loss (losses: {', '.join(self.losses)})")
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"losses and terms: {', '.join(sorted(known))}"
+                raise UserError(f"weight {key!r} names no loss or term ({hint})")
         self.teacher.eval()
         self.teacher.requires_grad_(False)
-        self._student_taps = TapRecorder(student, student_taps, "student")
-        self._teacher_taps = TapRecorder(teacher, teacher_taps, "teacher")
+        for side, model, taps in (("student", student, student_taps), ("teacher", teacher, teacher_taps)):
+            for module_name in taps.values():
+                find_module(model, module_name, side)  # every named tap must exist, read or not
+        read = {tap for loss in self.losses.values() for tap in getattr(loss, "taps", ())}  # only hook what is read
+        self._student_taps = TapRecorder(student, {k: v for k, v in student_taps.items() if k in read}, "student")
+        self._teacher_taps = TapRecorder(teacher, {k: v for k, v in teacher_taps.items() if k in read}, "teacher")
 
     def train(self, mode: bool = True) -> Distiller:
         super().train(mode)
@@ -103,7 +112,13 @@ class Distiller(nn.Module):
     # ---------------------------------------------------------------- trainer interface
     @property
     def extra_steps(self) -> list[tuple[str, nn.Module, torch.optim.Optimizer]]:
+        """``(term, module, optimizer)`` of every module with its own optimizer (adapters, discriminators)."""
         return [step for loss in self.losses.values() for step in loss.own_optimizers()]
+
+    @property
+    def steps_after_student(self) -> frozenset[str]:
+        """The own-optimizer terms stepped after the student's step (a discriminator); the others go before."""
+        return frozenset(t for loss in self.losses.values() for t in getattr(loss, "steps_after_student", ()))
 
     def param_groups(self, lr: float, head_lr_mult: float) -> list[dict]:
         """The student's groups (backbone at ``lr``, head at ``lr * head_lr_mult``) plus the losses'

@@ -25,6 +25,7 @@ class KDLoss(DistillLoss):
     """
 
     taps = ("logits",)
+    terms = ("kd",)
 
     def __init__(self, temperature: float = 1.0, reduction: str = "mean", upsample: bool = True) -> None:
         super().__init__()

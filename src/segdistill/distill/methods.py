@@ -12,9 +12,17 @@ from typing import Any
 from torch import nn
 
 from ..errors import UserError
+from .adversarial import AdversarialLoss
 from .apd import APDLoss
+from .at import ATLoss
 from .base import DistillLoss
+from .cirkd import CIRKDMemoryLoss, CIRKDMiniBatchLoss
+from .cwd import CWDLoss
+from .dist import DISTLoss
+from .fitnet import FitNetLoss
+from .ifvd import IFVDLoss
 from .kd import KDLoss
+from .skd import PairwiseLoss
 
 
 @dataclass
@@ -39,9 +47,10 @@ def _options(options: dict[str, Any], allowed: dict[str, Any], method: str) -> d
 
 
 def build_kd(ctx: MethodContext, options: dict[str, Any]) -> tuple[dict[str, DistillLoss], dict[str, float]]:
-    """Pixel-wise KD on logits; release: T=1, 'mean' reduction, weight 10."""
-    opts = _options(options, {"temperature": 1.0, "reduction": "mean"}, "kd")
-    return {"kd": KDLoss(opts["temperature"], opts["reduction"])}, {"kd": 10.0}
+    """Pixel-wise KD on logits as the APD release runs it: T=1, 'mean' reduction, upsampled to the label
+    size, weight 10. ``reduction: pixel, upsample: false`` with weight 1 is the CIRKD codebase's KD."""
+    opts = _options(options, {"temperature": 1.0, "reduction": "mean", "upsample": True}, "kd")
+    return {"kd": KDLoss(opts["temperature"], opts["reduction"], opts["upsample"])}, {"kd": 10.0}
 
 
 def build_apd(ctx: MethodContext, options: dict[str, Any]) -> tuple[dict[str, DistillLoss], dict[str, float]]:
@@ -79,9 +88,140 @@ def build_apd(ctx: MethodContext, options: dict[str, Any]) -> tuple[dict[str, Di
     return losses, weights
 
 
+def _reference_kd(opts: dict[str, Any]) -> tuple[dict[str, DistillLoss], dict[str, float]]:
+    """The KD that the CIRKD-codebase scripts add to FitNets, AT, SKD, IFVD and CIRKD: T = 1 at the
+    feature grid (no upsampling), per-pixel KL averaged over pixels (batchmean), weight 1."""
+    if not opts["with_kd"]:
+        return {}, {}
+    return {"kd": KDLoss(1.0, "pixel", upsample=False)}, {"kd": 1.0}
+
+
+def _adversarial(ctx: MethodContext, opts: dict[str, Any]) -> tuple[dict[str, DistillLoss], dict[str, float]]:
+    """The holistic (hinge GAN) term of SKD / IFVD: generator weight 0.001, D weight 0.1, D Adam 4e-4."""
+    if not opts["adversarial"]:
+        return {}, {}
+    return {"adv": AdversarialLoss(ctx.num_classes, d_weight=opts["d_weight"], lr=opts["d_lr"])}, {"adv": 0.001}
+
+
+def build_fitnet(ctx: MethodContext, options: dict[str, Any]) -> tuple[dict[str, DistillLoss], dict[str, float]]:
+    """FitNets hint on the head feature, weight 10, + KD 1 (CIRKD ``train_fitnet.sh``)."""
+    opts = _options(options, {"with_kd": True}, "fitnet")
+    losses, weights = _reference_kd(opts)
+    losses["fitnet"] = FitNetLoss(ctx.student_channels["feat"], ctx.teacher_channels["feat"])
+    weights["fitnet"] = 10.0
+    return losses, weights
+
+
+def build_at(ctx: MethodContext, options: dict[str, Any]) -> tuple[dict[str, DistillLoss], dict[str, float]]:
+    """Attention transfer on the head feature (p = 2), weight 10000, + KD 1 (CIRKD ``train_at.sh``)."""
+    opts = _options(options, {"with_kd": True, "p": 2.0, "taps": ["feat"]}, "at")
+    for tap in opts["taps"]:
+        if tap not in ctx.student_channels or tap not in ctx.teacher_channels:
+            raise UserError(
+                f"distill.options.at.taps names {tap!r}, which is not a tap of both models "
+                f"(define it in distill.student_taps and distill.teacher_taps)"
+            )
+    losses, weights = _reference_kd(opts)
+    losses["at"] = ATLoss(tuple(opts["taps"]), opts["p"])
+    weights["at"] = 10000.0
+    return losses, weights
+
+
+def build_skd(ctx: MethodContext, options: dict[str, Any]) -> tuple[dict[str, DistillLoss], dict[str, float]]:
+    """SKD as the CIRKD codebase runs it: pixel-wise (KD 1 at the feature grid), pair-wise on 2x2-pooled
+    nodes (weight 10), holistic hinge GAN (0.001, D 0.1)."""
+    opts = _options(options, {"with_kd": True, "pool": 2, "adversarial": True, "d_weight": 0.1, "d_lr": 4e-4}, "skd")
+    losses, weights = _reference_kd(opts)
+    losses["skd_pa"] = PairwiseLoss(opts["pool"])
+    weights["skd_pa"] = 10.0
+    adv, adv_w = _adversarial(ctx, opts)
+    return {**losses, **adv}, {**weights, **adv_w}
+
+
+def build_ifvd(ctx: MethodContext, options: dict[str, Any]) -> tuple[dict[str, DistillLoss], dict[str, float]]:
+    """IFVD as the CIRKD codebase runs it: intra-class variation (weight 20) + KD 1 + hinge GAN."""
+    opts = _options(options, {"with_kd": True, "adversarial": True, "d_weight": 0.1, "d_lr": 4e-4}, "ifvd")
+    losses, weights = _reference_kd(opts)
+    losses["ifvd"] = IFVDLoss(ctx.num_classes, ctx.ignore_index)
+    weights["ifvd"] = 20.0
+    adv, adv_w = _adversarial(ctx, opts)
+    return {**losses, **adv}, {**weights, **adv_w}
+
+
+def build_cwd(ctx: MethodContext, options: dict[str, Any]) -> tuple[dict[str, DistillLoss], dict[str, float]]:
+    """CWD on logits, T = 4, weight 3 (the original release's headline recipe); ``feature: true`` adds
+    the CIRKD codebase's feature term (weight 50)."""
+    opts = _options(options, {"temperature": 4.0, "feature": False}, "cwd")
+    channels = (ctx.student_channels["feat"], ctx.teacher_channels["feat"]) if opts["feature"] else None
+    return {"cwd": CWDLoss(opts["temperature"], channels)}, {"cwd": 3.0, "cwd_feat": 50.0}
+
+
+def build_dist(ctx: MethodContext, options: dict[str, Any]) -> tuple[dict[str, DistillLoss], dict[str, float]]:
+    """DIST on main (+ 0.4 x auxiliary) logits, beta = gamma = tau = 1, weight 1; replaces KD."""
+    opts = _options(options, {"beta": 1.0, "gamma": 1.0, "tau": 1.0, "aux_weight": 0.4}, "dist")
+    if opts["aux_weight"] > 0:
+        missing = [
+            side
+            for side, ch in (("student", ctx.student_channels), ("teacher", ctx.teacher_channels))
+            if "aux_logits" not in ch
+        ]
+        if missing:
+            raise UserError(
+                f"DIST's auxiliary term (distill.options.dist.aux_weight={opts['aux_weight']}) needs auxiliary logits, "
+                f"and the {' and '.join(missing)} has none: set distill.options.dist.aux_weight=0 or define the "
+                "'aux_logits' tap in distill.student_taps/teacher_taps"
+            )
+    return {"dist": DISTLoss(opts["beta"], opts["gamma"], opts["tau"], opts["aux_weight"])}, {"dist": 1.0}
+
+
+def build_cirkd(ctx: MethodContext, options: dict[str, Any]) -> tuple[dict[str, DistillLoss], dict[str, float]]:
+    """CIRKD as ``train_cirkd.py`` runs it: KD 1 + mini-batch pixel relations (1) + memory-based pixel (0.1)
+    and region (0.1) relations; reference queue sizes 20000 / 2000 per class, contrast 4096 / 1024."""
+    opts = _options(
+        options,
+        {
+            "with_kd": True,
+            "temperature": 0.1,
+            "pool": 1,
+            "memory": True,
+            "pixel_memory": 20000,
+            "region_memory": 2000,
+            "pixel_contrast": 4096,
+            "region_contrast": 1024,
+            "pixels_per_image": 16,
+        },
+        "cirkd",
+    )
+    losses, weights = _reference_kd(opts)
+    losses["cirkd_mb"] = CIRKDMiniBatchLoss(opts["temperature"], opts["pool"])
+    weights["cirkd_mb"] = 1.0
+    if opts["memory"]:
+        losses["cirkd_mem"] = CIRKDMemoryLoss(
+            ctx.num_classes,
+            ctx.student_channels["feat"],
+            ctx.teacher_channels["feat"],
+            pixel_memory=opts["pixel_memory"],
+            region_memory=opts["region_memory"],
+            pixel_contrast=opts["pixel_contrast"],
+            region_contrast=opts["region_contrast"],
+            pixels_per_image=opts["pixels_per_image"],
+            temperature=opts["temperature"],
+            ignore_index=ctx.ignore_index,
+        )
+        weights.update({"cirkd_pix": 0.1, "cirkd_reg": 0.1})
+    return losses, weights
+
+
 METHODS: dict[str, Callable[[MethodContext, dict[str, Any]], tuple[dict[str, DistillLoss], dict[str, float]]]] = {
     "kd": build_kd,
     "apd": build_apd,
+    "fitnet": build_fitnet,
+    "at": build_at,
+    "skd": build_skd,
+    "ifvd": build_ifvd,
+    "cwd": build_cwd,
+    "dist": build_dist,
+    "cirkd": build_cirkd,
 }
 
 
@@ -99,11 +239,16 @@ def build_methods(
     merged: dict[str, float] = {}
     for name in sorted(names, key=lambda n: n != "kd"):  # an explicit kd wins over APD's built-in one
         if name not in METHODS:
-            raise UserError(f"unknown distillation method {name!r}; available: {', '.join(METHODS)}")
+            import difflib
+
+            close = difflib.get_close_matches(name, list(METHODS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UserError(f"unknown distillation method {name!r}{hint}; available: {', '.join(METHODS)}")
         built, defaults = METHODS[name](ctx, options.get(name, {}))
         for key, loss in built.items():
             if key not in losses:
                 losses[key] = loss
-                merged[key] = defaults[key]
+                own = set(getattr(loss, "terms", ())) | {key}
+                merged.update({k: v for k, v in defaults.items() if k in own})
     merged.update(weights)
     return losses, merged

@@ -95,26 +95,50 @@ def run_eval(
 # The release taps the PSP output *after* Dropout2d (the student's APD features are dropped out in
 # training; the teacher runs in eval mode, where the dropout is the identity).
 DEFAULT_TAPS = {"feat": "head.dropout", "logits": "head.classifier"}
+AUX_TAP = ("aux_logits", "aux_head.classifier")  # added to the default taps of a model that has an aux head
+
+
+def _default_taps(model: nn.Module) -> dict[str, str]:
+    taps = dict(DEFAULT_TAPS)
+    if getattr(model, "aux_head", None) is not None:
+        taps[AUX_TAP[0]] = AUX_TAP[1]
+    return taps
+
+
+def _probe(model: nn.Module, taps: dict[str, str], size: tuple[int, int], side: str) -> dict[str, int]:
+    """Channels of each tap; an auxiliary head (which runs only in training) runs for the probe."""
+    from ..distill import probe_channels
+
+    had = getattr(model, "aux_in_eval", None)
+    if had is not None:
+        model.aux_in_eval = True
+    try:
+        return probe_channels(model, taps, size, side)
+    finally:
+        if had is not None:
+            model.aux_in_eval = had
 
 
 def build_distiller(config: Config, student: nn.Module, teacher: nn.Module, device: torch.device) -> nn.Module:
     """The Distiller for ``config.distill``: taps (default: our segmentors' features after the head's
     dropout, as the release taps them, and the classifier),
     channel counts probed with one forward pass, the listed methods with their weights."""
-    from ..distill import Distiller, probe_channels
+    from ..distill import Distiller
     from ..distill.methods import MethodContext, build_methods
 
     cfg = config.distill
     assert cfg is not None
-    student_taps = cfg.student_taps or DEFAULT_TAPS
-    teacher_taps = cfg.teacher_taps or DEFAULT_TAPS
+    student_taps = cfg.student_taps or _default_taps(student)
+    teacher_taps = cfg.teacher_taps or _default_taps(teacher)
     size = tuple(config.data.crop_size)
     ctx = MethodContext(
         num_classes=config.model.num_classes,
-        student_channels=probe_channels(student, student_taps, size, "student"),
-        teacher_channels=probe_channels(teacher, teacher_taps, size, "teacher"),
+        student_channels=_probe(student, student_taps, size, "student"),
+        teacher_channels=_probe(teacher, teacher_taps, size, "teacher"),
     )
     losses, weights = build_methods(cfg.methods, ctx, cfg.options, cfg.weights)
+    if any(AUX_TAP[0] in getattr(loss, "taps", ()) for loss in losses.values()) and hasattr(teacher, "aux_in_eval"):
+        teacher.aux_in_eval = True  # the frozen teacher runs in eval mode; its aux logits are read
     return Distiller(
         student, teacher, student_taps, teacher_taps, losses, weights, aux_weight=config.train.aux_weight
     ).to(device)

@@ -141,6 +141,18 @@ class Trainer:
         self.console.print(f"resumed from {path} at step {self.step}")
         return True
 
+    @staticmethod
+    def _own_steps(out, steps: list) -> None:
+        """Back-propagate each own-optimizer term into its module alone and step its optimizer."""
+        for name, _module, opt in steps:
+            term = out.extra_losses[name]
+            opt.zero_grad(set_to_none=True)
+            # As the APD release: no step on a batch where the term is 0 (no valid pixel), so that
+            # Adam's momentum does not move the module on an empty batch.
+            if term.requires_grad and float(term.detach()) > 0.0:
+                term.backward()
+                opt.step()
+
     def _extra_steps(self) -> dict:
         return {name: (module, opt) for name, module, opt in self.task.extra_steps}
 
@@ -233,18 +245,13 @@ class Trainer:
                 with self.autocast():
                     out = self.task(images, labels)
                 self._check_finite(out)
-                for name, _module, opt in self.task.extra_steps:  # e.g. APD's teacher adapter, stepped first
-                    term = out.extra_losses[name]
-                    opt.zero_grad(set_to_none=True)
-                    # As the release: no step on a batch where the term is 0 (no valid pixel), so that
-                    # Adam's momentum does not move the module on an empty batch.
-                    if term.requires_grad and float(term.detach()) > 0.0:
-                        term.backward()
-                        opt.step()
+                late = getattr(self.task, "steps_after_student", frozenset())
+                self._own_steps(out, [s for s in self.task.extra_steps if s[0] not in late])  # APD's teacher adapter
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(out.total).backward()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
+                self._own_steps(out, [s for s in self.task.extra_steps if s[0] in late])  # a GAN discriminator
                 self.step += 1
                 window_images += images.shape[0]
                 for name, value in out.losses.items():

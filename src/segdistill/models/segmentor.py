@@ -27,12 +27,13 @@ class Segmentor(nn.Module):
         self.backbone = backbone
         self.head = head
         self.aux_head = aux_head
+        self.aux_in_eval = False  # a teacher whose auxiliary logits are distilled (DIST) runs its aux head in eval
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         size = x.shape[-2:]
         stage3, stage4 = self.backbone(x)
         out = {"out": F.interpolate(self.head(stage4), size=size, mode="bilinear", align_corners=False)}
-        if self.aux_head is not None and self.training:
+        if self.aux_head is not None and (self.training or self.aux_in_eval):
             aux = self.aux_head(stage3)
             out["aux"] = F.interpolate(aux, size=size, mode="bilinear", align_corners=False)
         return out
