@@ -29,8 +29,17 @@ def run_one(method: str, seed: int, out: Path, extra: list[str]) -> dict:
     if not summary.is_file():
         command = "train" if method == "baseline" else "distill"
         config = "student" if method == "baseline" else method
-        args = [sys.executable, "-m", "segdistill", command, f"configs/synthetic/{config}.yaml",
-                f"seed={seed}", f"name={name}", f"out_dir={out}", *extra]
+        args = [
+            sys.executable,
+            "-m",
+            "segdistill",
+            command,
+            f"configs/synthetic/{config}.yaml",
+            f"seed={seed}",
+            f"name={name}",
+            f"out_dir={out}",
+            *extra,
+        ]
         print(" ".join(args[2:]), flush=True)
         subprocess.run(args, check=True)
     return json.loads(summary.read_text())

@@ -1,10 +1,14 @@
-"""A whole distillation step on the embedded default: KD only against KD + APD, side by side.
+"""A whole training step on the embedded default for every method, side by side with the student
+baseline: teacher forward + student forward/backward + the method's losses + every optimizer step
+(APD's teacher adapter before the student's step, SKD/IFVD's discriminator after it).
 
-Teacher forward + student forward/backward + the losses + the optimizer steps (APD's teacher-adapter
-step included), with the recipes' models (``configs/synthetic/apd.yaml``), batch 8, crop 128, and the recipe's
-precision and memory format. Random weights: the cost does not depend on them.
+Each method with its recipe (``configs/synthetic/<method>.yaml``: the same student and teacher, batch
+8, crop 128, the recipe's precision and memory format); the baseline is ``student.yaml`` (cross-entropy
+only). Random weights (the cost does not depend on them); one batch of the generated training data,
+so the number of classes present is realistic. Steps are interleaved across methods so every method
+sees the same machine load; the median is reported.
 
-    python benchmarks/distill_step.py [--steps 20]
+    python benchmarks/distill_step.py [--steps 10] [--methods baseline kd apd ...]
 """
 
 from __future__ import annotations
@@ -15,64 +19,78 @@ import time
 import torch
 
 from segdistill.config import load_config
-from segdistill.engine.builders import build_model
+from segdistill.engine.builders import build_datasets, build_model
 from segdistill.engine.run import build_distiller
+from segdistill.engine.task import SupervisedTask
 from segdistill.engine.trainer import autocast_context
 from segdistill.quickstart import recipe_path
 
+METHODS = ["baseline", "kd", "fitnet", "at", "skd", "ifvd", "cwd", "dist", "cirkd", "apd"]
 
-def make(methods: str):
-    overrides = [f"distill.methods={methods}", "teacher.weights=null"]
-    if "apd" not in methods:  # the recipe's APD options and weights name no loss of a KD-only run
-        overrides += ["distill.options={}", "distill.weights={}"]
-    config = load_config(recipe_path("synthetic/apd.yaml"), overrides)
+
+def make(method: str):
     torch.manual_seed(0)
-    student, teacher = build_model(config.model), build_model(config.teacher)
-    distiller = build_distiller(config, student, teacher, torch.device("cpu"))
+    if method == "baseline":
+        config = load_config(recipe_path("synthetic/student.yaml"))
+        task = SupervisedTask(build_model(config.model), config.train.aux_weight)
+    else:
+        config = load_config(recipe_path(f"synthetic/{method}.yaml"), ["teacher.weights=null"])
+        student, teacher = build_model(config.model), build_model(config.teacher, config.model.num_classes)
+        task = build_distiller(config, student, teacher, torch.device("cpu"))
     if config.train.channels_last:
-        distiller = distiller.to(memory_format=torch.channels_last)
-    groups = distiller.param_groups(config.train.lr, config.train.head_lr_mult)
-    return config, distiller, torch.optim.SGD(groups, lr=config.train.lr, momentum=0.9, weight_decay=1e-4)
+        task = task.to(memory_format=torch.channels_last)
+    groups = task.param_groups(config.train.lr, config.train.head_lr_mult)
+    task.train()
+    return config, task, torch.optim.SGD(groups, lr=config.train.lr, momentum=0.9, weight_decay=1e-4)
 
 
-def step(config, distiller, optimizer, images, labels) -> None:
-    if config.train.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    with autocast_context(torch.device("cpu"), config.train.amp):
-        out = distiller(images, labels)
-    for name, _, own in distiller.extra_steps:
+def own_steps(out, steps) -> None:
+    for name, _, own in steps:
         own.zero_grad(set_to_none=True)
         out.extra_losses[name].backward()
         own.step()
+
+
+def step(config, task, optimizer, images, labels) -> None:
+    if config.train.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with autocast_context(torch.device("cpu"), config.train.amp):
+        out = task(images, labels)
+    late = getattr(task, "steps_after_student", frozenset())
+    own_steps(out, [s for s in task.extra_steps if s[0] not in late])
     optimizer.zero_grad(set_to_none=True)
     out.total.backward()
     optimizer.step()
+    own_steps(out, [s for s in task.extra_steps if s[0] in late])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--methods", nargs="+", default=METHODS)
     args = parser.parse_args()
-    g = torch.Generator().manual_seed(0)
-    images = torch.randn(8, 3, 128, 128, generator=g)
-    labels = torch.randint(0, 15, (8, 128, 128), generator=g)
-    runs = {name: make(methods) for name, methods in (("KD", "[kd]"), ("KD + APD", "[apd]"))}
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    distiller = runs["KD + APD"][1]
-    cfg = runs["KD + APD"][0].train
-    threads = torch.get_num_threads()
-    print(f"torch {torch.__version__}, {threads} threads, amp={cfg.amp}, channels_last={cfg.channels_last}")
-    print(f"losses of 'KD + APD': {sorted(distiller.losses)}; of 'KD': {sorted(runs['KD'][1].losses)}")
-    for i in range(args.steps + 2):  # interleaved, so that both see the same machine load; 2 warm-up rounds
-        for name, (config, distiller, optimizer) in runs.items():
+    config = load_config(recipe_path("synthetic/student.yaml"))
+    train, _ = build_datasets(config)
+    samples = [train[i] for i in range(config.data.batch_size)]
+    images = torch.stack([torch.as_tensor(s["image"]) for s in samples])
+    labels = torch.stack([torch.as_tensor(s["label"]) for s in samples]).long()
+    runs = {m: make(m) for m in args.methods}
+    times: dict[str, list[float]] = {m: [] for m in runs}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {tuple(images.shape)}")
+    for i in range(args.steps + 2):  # interleaved; 2 warm-up rounds
+        for name, (cfg, task, optimizer) in runs.items():
             start = time.perf_counter()
-            step(config, distiller, optimizer, images, labels)
+            step(cfg, task, optimizer, images, labels)
             if i >= 2:
                 times[name].append(time.perf_counter() - start)
     median = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    base = median.get("baseline")
+    kd = median.get("kd")
+    print(f"{'method':9s} {'ms/step':>8s} {'vs baseline':>12s} {'vs KD':>7s}   (median of {args.steps} steps)")
     for name, seconds in median.items():
-        print(f"{name:9s}: {1000 * seconds:7.1f} ms/step (median of {args.steps}), {8 / seconds:5.1f} images/s")
-    print(f"APD adds {100 * (median['KD + APD'] / median['KD'] - 1):+.1f}% to a KD step")
+        vs_base = f"x{seconds / base:.2f}" if base else "-"
+        vs_kd = f"x{seconds / kd:.2f}" if kd else "-"
+        print(f"{name:9s} {1000 * seconds:8.1f} {vs_base:>12s} {vs_kd:>7s}")
 
 
 if __name__ == "__main__":
