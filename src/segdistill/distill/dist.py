@@ -16,7 +16,7 @@ def pearson(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor
     """Row-wise Pearson correlation of two ``M x N`` matrices: cosine of the centred rows (``M``)."""
     a = a - a.mean(dim=1, keepdim=True)
     b = b - b.mean(dim=1, keepdim=True)
-    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1)).clamp(min=eps)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)  # eps added, as DIST_KD
 
 
 def dist_relation_loss(

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from .base import DistillLoss
+from .common import float32
 
 REDUCTIONS = ("mean", "pixel")
 
@@ -46,8 +47,8 @@ class KDLoss(DistillLoss):
                 f"teacher {teacher_logits.shape[1]}"
             )
         with torch.autocast(device_type=student_logits.device.type, enabled=False):
-            z_s = student_logits.float()
-            z_t = teacher_logits.detach().float()
+            z_s = float32(student_logits)
+            z_t = float32(teacher_logits.detach())
             size = tuple(target.shape[-2:]) if (self.upsample and target is not None) else tuple(z_s.shape[-2:])
             if tuple(z_s.shape[-2:]) != size:
                 z_s = F.interpolate(z_s, size=size, mode="bilinear", align_corners=True)
