@@ -102,3 +102,22 @@ def test_every_synthetic_recipe_builds_and_steps(method):
     assert all(torch.equal(a, b) for a, b in zip(teacher_before, teacher.parameters()))
     for name, module, _ in distiller.extra_steps:
         assert any(not torch.equal(a, b) for a, b in zip(own_before[name], module.parameters())), name
+
+
+def test_methods_combine_with_per_method_weights():
+    """``methods: [apd, cwd]`` brings both methods' terms; config weights override the defaults; a KD
+    that two methods bring is built once, the first listed method's (an explicit ``kd`` first)."""
+    from segdistill.distill import CWDLoss, KDLoss
+    from segdistill.distill.methods import MethodContext, build_methods
+
+    ctx = MethodContext(19, {"feat": 16, "logits": 19}, {"feat": 32, "logits": 19})
+    losses, weights = build_methods(["apd", "cwd"], ctx, {"cwd": {"temperature": 2.0}}, {"cwd": 1.5})
+    assert set(losses) == {"apd", "kd", "cwd"}
+    assert weights == {"apd": 10.0, "kd": 10.0, "cwd": 1.5, "cwd_feat": 50.0}
+    assert isinstance(losses["cwd"], CWDLoss) and losses["cwd"].temperature == 2.0
+    losses, weights = build_methods(["apd", "fitnet"], ctx, {}, {})
+    assert losses["kd"].reduction == "mean" and losses["kd"].upsample and weights["kd"] == 10.0  # APD's KD
+    losses, weights = build_methods(["fitnet", "apd"], ctx, {}, {})
+    assert losses["kd"].reduction == "pixel" and not losses["kd"].upsample and weights["kd"] == 1.0
+    losses, _ = build_methods(["apd", "kd"], ctx, {"kd": {"temperature": 4.0}}, {})
+    assert isinstance(losses["kd"], KDLoss) and losses["kd"].temperature == 4.0  # explicit kd wins
