@@ -763,3 +763,40 @@ def test_skd_distiller_two_trainer_steps():
     assert not teacher.training
     assert any(not torch.equal(a, p) for a, p in zip(disc_before, disc.parameters()))
     assert any(not torch.equal(a, p) for a, p in zip(student_before, student.parameters()))
+
+
+def _saved_bytes(fn) -> int:
+    """Bytes of the tensors autograd keeps for backward while ``fn()`` runs its forward pass."""
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
+def test_cirkd_minibatch_memory_for_backward_does_not_grow_with_hw_squared():
+    """With checkpointing the graph keeps the (normalised) feature maps, not the B^2 hw x hw relation
+    matrices and their softmaxes: at 32 x 32 positions the direct computation keeps hundreds of times
+    more bytes than the feature maps, the checkpointed one a small multiple of them (B x the inputs)."""
+    s = torch.randn(2, 8, 32, 32, requires_grad=True)
+    t = torch.randn(2, 8, 32, 32)
+    feature_bytes = s.numel() * s.element_size()
+    direct = _saved_bytes(lambda: CIRKDMiniBatchLoss(checkpointed=False)(s, t))
+    checkpointed = _saved_bytes(lambda: CIRKDMiniBatchLoss(checkpointed=True)(s, t))
+    relation_bytes = 2 * 1024 * 2048 * 4  # one anchor image's relations to the batch, float32
+    assert direct > 2 * relation_bytes
+    assert checkpointed < 16 * feature_bytes  # per anchor image: its maps and the batch's (views, saved per call)
+
+
+def test_skd_pairwise_affinity_is_over_pooled_nodes():
+    """At a Cityscapes 1/8 map (64 x 128) the default 2x2 pooling gives 2048 nodes per image, the
+    reference's node count, so the affinity matrix is 2048^2 (not 8192^2)."""
+    from segdistill.distill.skd import pair_affinity
+
+    assert pair_affinity(torch.randn(1, 4, 64, 128), pool=2).shape == (1, 2048, 2048)
+    assert pair_affinity(torch.randn(1, 4, 65, 129), pool=2).shape == (1, 33 * 65, 33 * 65)  # ceil mode
