@@ -8,7 +8,7 @@ Each run is ``segdistill train configs/synthetic/student.yaml`` (baseline) or
 ``summary.json``) are skipped, so an interrupted grid resumes. Prints a markdown table and writes it
 to ``<out>/results.md``. Training seconds per iteration are reported too, but runs are sequential
 and share the machine with whatever else runs: for clean speed ratios use
-``benchmarks/method_step_time.py``.
+``benchmarks/distill_step.py``.
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args()
     out = Path(args.out)
-    results = {m: [run_one(m, s, out, args.overrides) for s in args.seeds] for m in args.methods}
+    # Seed-outer order: an interrupted grid still has every method at the earlier seeds.
+    runs = {(m, s): run_one(m, s, out, args.overrides) for s in args.seeds for m in args.methods}
+    results = {m: [runs[m, s] for s in args.seeds] for m in args.methods}
     iters = {m: [r["val"]["train_seconds"] for r in rs] for m, rs in results.items()}
     base = results.get("baseline")
     lines = [
