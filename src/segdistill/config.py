@@ -59,6 +59,9 @@ class TrainConfig:
     aux_weight: float = 0.4
     log_interval: int = 10
     eval_interval: int = 0  # 0: evaluate once at the end
+    checkpoint_interval: int = 100  # also save checkpoints/last.pt every N steps (0: only at evaluations)
+    nonfinite: str = "stop"  # a non-finite loss: stop (naming step and term) | skip the batch
+    max_skips: int = 20  # with nonfinite=skip: stop after this many skipped batches
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = True
     amp: str = "none"  # none | bf16 (CPU or GPU) | fp16 (GPU, with a gradient scaler)

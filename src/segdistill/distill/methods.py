@@ -251,4 +251,23 @@ def build_methods(
                 own = set(getattr(loss, "terms", ())) | {key}
                 merged.update({k: v for k, v in defaults.items() if k in own})
     merged.update(weights)
+    _check_class_score_taps(losses, ctx)
     return losses, merged
+
+
+CLASS_SCORE_TAPS = ("logits", "aux_logits")
+
+
+def _check_class_score_taps(losses: dict[str, nn.Module], ctx: MethodContext) -> None:
+    """A loss that reads class scores needs ``num_classes`` channels on both sides."""
+    for key, loss in losses.items():
+        for tap in getattr(loss, "taps", ()):
+            if tap not in CLASS_SCORE_TAPS:
+                continue
+            for side, channels in (("student", ctx.student_channels), ("teacher", ctx.teacher_channels)):
+                found = channels.get(tap)
+                if found is not None and found != ctx.num_classes:
+                    raise UserError(
+                        f"{key} reads class scores from the {side} tap {tap!r}, which gives {found} channels, "
+                        f"not model.num_classes={ctx.num_classes}; point distill.{side}_taps.{tap} at the classifier"
+                    )

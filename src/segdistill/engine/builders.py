@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import Config, DataConfig, ModelConfig, TeacherConfig
 from ..data.datasets import build_dataset
+from ..data.sampling import EpochBatchSampler, SeededSamples
 from ..data.transforms import seed_worker, train_transform
 from ..errors import UserError
 from ..models import build_segmentor
@@ -53,10 +54,8 @@ def build_loaders(config: Config, train: Dataset, val: Dataset) -> tuple[DataLoa
         raise UserError(f"the train split has {len(train)} images, fewer than data.batch_size={data.batch_size}")
     generator = torch.Generator().manual_seed(config.seed)
     train_loader = DataLoader(
-        train,
-        batch_size=data.batch_size,
-        shuffle=True,
-        drop_last=True,
+        SeededSamples(train),
+        batch_sampler=EpochBatchSampler(len(train), data.batch_size, config.seed),
         num_workers=data.workers,
         worker_init_fn=seed_worker,
         generator=generator,

@@ -1,11 +1,15 @@
-"""Checkpoints: atomic writes (temp file, fsync, rename) and safe loading (``weights_only=True``)."""
+"""Checkpoints: atomic writes (temp file, fsync, rename), an integrity digest, the previous checkpoint
+kept as a fallback, and safe loading (``weights_only=True``: a file carrying pickled code is refused)."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import pickle
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +19,39 @@ from torch import nn
 from ..errors import UserError
 
 
+def prepare_run_dir(path: str | Path) -> Path:
+    """Create the run directory and check that files can be written in it (one-line error if not)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(
+            f"output directory {path} is not writable ({exc.strerror or exc}); set out_dir= or name="
+        ) from exc
+    return path
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # not possible on every platform / file system
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    ``path`` is never left half-written: a failure (disk full, kill) leaves the previous file as it
+    was. A write error is a :class:`UserError` naming the file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -26,9 +61,102 @@ def atomic_save(obj: Any, path: str | Path) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        full = " (disk full)" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        kept = "; the previous file is kept" if path.exists() else ""
+        raise UserError(f"could not write {path}{full}: {exc.strerror or exc}{kept}") from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def state_digest(obj: Any) -> str:
+    """SHA-256 over a checkpoint's content: every tensor's dtype, shape and bytes, and every other
+    value's ``repr``, in a fixed key order. ``torch.load`` does not notice flipped bytes inside a
+    tensor; this does."""
+    digest = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            digest.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().data)
+        elif isinstance(value, dict):
+            digest.update(f"D{len(value)}".encode())
+            for key in sorted(value, key=repr):
+                digest.update(repr(key).encode())
+                feed(value[key])
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"L{len(value)}".encode())
+            for item in value:
+                feed(item)
+        else:
+            digest.update(repr(value).encode())
+
+    feed(obj)
+    return digest.hexdigest()
+
+
+def previous_path(path: Path) -> Path:
+    """``last.pt`` -> ``last.previous.pt``: the checkpoint before, the fallback when ``last`` is damaged."""
+    return path.with_name(f"{path.stem}.previous{path.suffix}")
+
+
+def save_training_checkpoint(state: dict, path: str | Path, keep_previous: bool = True) -> None:
+    """Save ``state`` with its digest atomically; the file it replaces becomes ``<stem>.previous.pt``
+    (hard link, so that ``path`` exists at every instant)."""
+    path = Path(path)
+    if keep_previous and path.is_file():
+        previous = previous_path(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{previous.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        os.unlink(tmp)
+        try:
+            try:
+                os.link(path, tmp)
+            except OSError:  # no hard links on this file system
+                shutil.copyfile(path, tmp)
+            os.replace(tmp, previous)
+        except OSError as exc:
+            Path(tmp).unlink(missing_ok=True)
+            raise UserError(f"could not keep the previous checkpoint {previous}: {exc.strerror or exc}") from exc
+    atomic_save({**state, "digest": state_digest(state)}, path)
+
+
+def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
+    """:func:`load_checkpoint` and a check of the digest written by :func:`save_training_checkpoint`."""
+    state = load_checkpoint(path)
+    digest = state.pop("digest", None)
+    if digest is not None and digest != state_digest(state):
+        raise UserError(f"checkpoint {path} is corrupt: its content does not match its digest")
+    return state
+
+
+def load_latest_checkpoint(
+    directory: str | Path, name: str = "last.pt", warn: Callable[[str], None] | None = None
+) -> tuple[dict[str, Any], Path] | None:
+    """The newest intact training checkpoint in ``directory``: ``name``, else its ``.previous`` copy
+    (with a warning naming the damaged file); ``None`` when there is none. Raises when both exist
+    but neither is intact."""
+    directory = Path(directory)
+    candidates = [p for p in (directory / name, previous_path(directory / name)) if p.is_file()]
+    errors = []
+    for path in candidates:
+        try:
+            state = load_training_checkpoint(path)
+        except UserError as exc:
+            errors.append(str(exc))
+            if warn is not None:
+                warn(f"{exc}; trying the checkpoint before it")
+            continue
+        if errors and warn is not None:
+            warn(f"resuming from the previous checkpoint {path}")
+        return state, path
+    if errors:
+        raise UserError(f"no intact checkpoint in {directory}: {errors[-1]}")
+    return None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -40,8 +168,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise UserError(f"refusing to load {path}: it holds pickled objects beyond tensors ({exc})") from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise UserError(f"checkpoint {path} is corrupt or truncated: {str(exc).splitlines()[0]}") from exc
+    except Exception as exc:  # noqa: BLE001 - whatever a damaged zip or pickle stream raises
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"checkpoint {path} is corrupt or truncated: {detail}") from exc
     if not isinstance(obj, dict):
         raise UserError(f"checkpoint {path} does not hold a dict of tensors")
     return obj
@@ -53,13 +182,13 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise UserError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path))
-        except (SafetensorError, OSError) as exc:
-            raise UserError(f"weights file {path} is corrupt: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, a cut header
+            detail = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"weights file {path} is corrupt or truncated: {detail}") from exc
     obj = load_checkpoint(path)
     state = obj.get("model", obj)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -12,6 +12,7 @@ from ..config import Config, save_config
 from ..models import count_parameters
 from ..report.profile import count_flops
 from .builders import build_datasets, build_loaders, build_model, load_weights, write_summary
+from .checkpoint import prepare_run_dir
 from .evaluator import evaluate
 from .task import SupervisedTask
 from .trainer import Trainer, autocast_context, resolve_device, seed_everything
@@ -23,6 +24,8 @@ def run_train(config: Config, resume: bool = False, console: Console | None = No
     Writes ``runs/<name>/config.yaml``, ``metrics.jsonl``, ``checkpoints/{last,best}.pt`` and
     ``summary.json``; returns the summary (val metrics, parameters, FLOPs, training time)."""
     console = console or Console(stderr=True)
+    prepare_run_dir(config.run_dir)  # fail before any work when the outputs cannot be written
+    (config.run_dir / "summary.json").unlink(missing_ok=True)  # a summary is written only by a finished run
     seed_everything(config.seed, config.train.deterministic)
     device = resolve_device(config.train.device)
     train_set, val_set = build_datasets(config, console)
@@ -161,6 +164,8 @@ def run_distill(config: Config, resume: bool = False, console: Console | None = 
         )
     if config.distill is None:
         raise UserError("config has no 'distill' section (distill.methods lists the methods)")
+    prepare_run_dir(config.run_dir)  # fail before any work when the outputs cannot be written
+    (config.run_dir / "summary.json").unlink(missing_ok=True)  # a summary is written only by a finished run
     seed_everything(config.seed, config.train.deterministic)
     device = resolve_device(config.train.device)
     train_set, val_set = build_datasets(config, console)

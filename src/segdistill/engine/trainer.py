@@ -1,7 +1,8 @@
-"""The training loop: SGD + poly schedule, progress bar, metrics.jsonl, last/best checkpoints."""
+"""The training loop: SGD + poly schedule, progress bar, metrics.jsonl, last/best checkpoints, exact resume."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -18,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from ..config import Config, config_to_dict
 from ..errors import UserError
-from .checkpoint import atomic_save, load_checkpoint
+from .checkpoint import load_latest_checkpoint, prepare_run_dir, save_training_checkpoint
 from .evaluator import evaluate
 from .task import StepOutput
 
@@ -60,12 +61,87 @@ def poly_lr(base_lr: float, step: int, total: int, power: float) -> float:
     return base_lr * (1.0 - step / total) ** power
 
 
+def rng_state() -> dict:
+    """Every random generator the main process draws from, as tensors and plain values
+    (loadable with ``weights_only=True``)."""
+    numpy_state = np.random.get_state(legacy=False)
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {
+            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+            "pos": int(numpy_state["state"]["pos"]),
+            "has_gauss": int(numpy_state["has_gauss"]),
+            "gauss": float(numpy_state["gauss"]),
+        },
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuples(state["python"]))
+    n = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+            "has_gauss": n["has_gauss"],
+            "gauss": n["gauss"],
+        }
+    )
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuples(value):
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+# Config keys that may change between a run and its resume (they do not change what is trained).
+RESUMABLE_CHANGES = {
+    "train.log_interval",
+    "train.eval_interval",
+    "train.checkpoint_interval",
+    "train.device",
+    "data.workers",
+    "data.root",
+    "out_dir",
+    "eval.batch_size",
+}
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and key not in ("options", "weights", "backbone_kwargs"):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def config_changes(saved: dict, current: dict) -> list[str]:
+    """``key: saved -> current`` for every config key that differs and would change the training."""
+    a, b = _flatten(saved), _flatten(current)
+    keys = sorted(set(a) | set(b))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES]
+
+
 class Trainer:
     """Runs ``config.train.iters`` SGD steps of ``task`` over ``train_loader``, evaluating ``task.student``
     on ``val_loader`` every ``eval_interval`` steps (and at the end).
 
     Writes to ``run_dir``: ``metrics.jsonl`` (one JSON object per log line and per evaluation),
-    ``checkpoints/last.pt`` and ``checkpoints/best.pt`` (highest val mIoU).
+    ``checkpoints/last.pt`` (every ``checkpoint_interval`` steps and at every evaluation; the one
+    before is kept as ``last.previous.pt``) and ``checkpoints/best.pt`` (highest val mIoU).
+
+    ``fit(resume=True)`` continues from the newest intact checkpoint exactly where it was written:
+    weights, every optimizer, the schedule step, every RNG, the position in the epoch and the
+    partly summed log window are restored, so a killed and resumed run ends with the same weights and
+    metrics as an uninterrupted one (bitwise on CPU in deterministic mode).
     """
 
     def __init__(
@@ -94,9 +170,16 @@ class Trainer:
             momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,
         )
+        if cfg.nonfinite not in ("stop", "skip"):
+            raise UserError(f"train.nonfinite must be 'stop' or 'skip', got {cfg.nonfinite!r}")
         self.step = 0
         self.best_miou = -1.0
         self.epoch = 0
+        self.batch_in_epoch = 0  # batches of the current epoch already trained on
+        self.skipped = 0  # batches skipped for a non-finite loss (train.nonfinite=skip)
+        self.trained_seconds = 0.0  # before this process (resumed runs)
+        self._start: float | None = None  # perf_counter() when this process started training
+        self.window: dict = {"totals": {}, "steps": 0, "images": 0}  # the log window being summed
         self.autocast = lambda: autocast_context(device, cfg.amp)
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
         if cfg.channels_last:
@@ -112,8 +195,16 @@ class Trainer:
             "extra_optimizers": extra,
             "step": self.step,
             "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
             "best_miou": self.best_miou,
-            "torch_rng": torch.get_rng_state(),
+            "skipped": self.skipped,
+            "train_seconds": self.trained_seconds + (time.perf_counter() - self._start if self._start else 0.0),
+            "window": {
+                "totals": {k: v.detach().clone() for k, v in self.window["totals"].items()},
+                "steps": self.window["steps"],
+                "images": self.window["images"],
+            },
+            "rng": rng_state(),
             "scaler": self.scaler.state_dict(),
             "config": config_to_dict(self.config),
         }
@@ -126,20 +217,61 @@ class Trainer:
             if name in state.get("extra_optimizers", {}):
                 opt.load_state_dict(state["extra_optimizers"][name])
         self.step = int(state["step"])
-        self.epoch = int(state.get("epoch", 0))
-        self.best_miou = float(state.get("best_miou", -1.0))
-        torch.set_rng_state(state["torch_rng"])
+        self.epoch = int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+        self.best_miou = float(state["best_miou"])
+        self.skipped = int(state["skipped"])
+        self.trained_seconds = float(state["train_seconds"])
+        self.window = {
+            "totals": {k: v.to(self.device) for k, v in state["window"]["totals"].items()},
+            "steps": int(state["window"]["steps"]),
+            "images": 0,  # images/s is measured over this process's part of the window
+        }
+        set_rng_state(state["rng"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
 
     def resume(self) -> bool:
-        """Load ``checkpoints/last.pt`` if present; returns whether it did."""
-        path = self.ckpt_dir / "last.pt"
-        if not path.is_file():
+        """Load the newest intact checkpoint (``last.pt``, else ``last.previous.pt``, with a warning);
+        returns whether there was one. Log lines written after it are dropped from ``metrics.jsonl``."""
+        found = load_latest_checkpoint(self.ckpt_dir, warn=self._warn)
+        if found is None:
+            self._truncate_log(0)
             return False
-        self.load_state_dict(load_checkpoint(path))
+        state, path = found
+        changes = config_changes(state.get("config", {}), config_to_dict(self.config))
+        if changes:
+            raise UserError(
+                f"{path} was written by a run with another config ({'; '.join(changes[:3])}); "
+                "resume with the same config, or start a new run with another name="
+            )
+        try:
+            self.load_state_dict(state)
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise UserError(f"{path} does not fit this run ({str(exc).splitlines()[0]})") from exc
+        self._truncate_log(self.step)
         self.console.print(f"resumed from {path} at step {self.step}")
         return True
+
+    def _warn(self, message: str) -> None:
+        self.console.print(f"warning: {message}")
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop the ``metrics.jsonl`` records after ``step`` (written after the checkpoint resumed from)."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by the kill
+                continue
+            if record.get("step", 0) <= step:
+                kept.append(line)
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
 
     @staticmethod
     def _own_steps(out, steps: list) -> None:
@@ -158,15 +290,31 @@ class Trainer:
 
     # ---------------------------------------------------------------- loop
     def _batches(self) -> Iterator[dict]:
+        """Batches from epoch ``self.epoch`` on, starting after the ``self.batch_in_epoch`` already used.
+
+        A batch sampler with ``set_start`` (ours: :class:`~segdistill.data.sampling.EpochBatchSampler`)
+        skips without loading; any other loader is replayed up to that point, which is exact when its
+        order and augmentation depend only on the epoch."""
         while True:
+            batch_sampler = getattr(self.train_loader, "batch_sampler", None)
             sampler = getattr(self.train_loader, "sampler", None)
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(self.epoch)
+            for s in (batch_sampler, sampler):
+                if hasattr(s, "set_epoch"):
+                    s.set_epoch(self.epoch)
             generator = getattr(self.train_loader, "generator", None)
             if generator is not None:
                 generator.manual_seed(self.config.seed * 100003 + self.epoch)
-            yield from self.train_loader
+            skips = hasattr(batch_sampler, "set_start")
+            if skips:
+                batch_sampler.set_start(self.batch_in_epoch)
+            batches = iter(self.train_loader)
+            if not skips and self.batch_in_epoch:
+                batches = itertools.islice(batches, self.batch_in_epoch, None)
+            for batch in batches:
+                self.batch_in_epoch += 1
+                yield batch
             self.epoch += 1
+            self.batch_in_epoch = 0
 
     def _log(self, record: dict) -> None:
         with open(self.run_dir / "metrics.jsonl", "a") as handle:
@@ -179,14 +327,29 @@ class Trainer:
             group["lr"] = lr * group.get("lr_mult", 1.0)
         return lr
 
-    def _check_finite(self, out: StepOutput) -> None:
-        if torch.isfinite(out.total):
+    def _nonfinite_terms(self, out: StepOutput) -> list[str]:
+        """Names of the non-finite loss terms (``[]`` when all are finite): one device sync per step."""
+        terms = {**out.losses, **out.extra_losses}
+        values = [out.total, *terms.values()]
+        flags = torch.stack([torch.isfinite(v.detach().float()) for v in values])
+        if bool(flags.all()):
+            return []
+        bad = [name for name, ok in zip(terms, flags[1:].tolist()) if not ok]
+        return bad or ["total"]
+
+    def _on_nonfinite(self, bad: list[str]) -> None:
+        """Stop naming the step and the terms (keeping the last checkpoint), or count a skipped batch."""
+        cfg = self.config.train
+        where = f"at step {self.step + 1} (term {', '.join(bad)})"
+        if cfg.nonfinite == "skip" and self.skipped < cfg.max_skips:
+            self.skipped += 1
+            self._warn(f"loss is not finite {where}; batch skipped ({self.skipped} of at most {cfg.max_skips})")
+            self._log({"step": self.step + 1, "skipped_nonfinite": bad, "skipped": self.skipped})
             return
-        bad = [name for name, value in out.losses.items() if not torch.isfinite(value)]
-        raise UserError(
-            f"loss is not finite at step {self.step} (term {', '.join(bad) or 'total'}); "
-            f"the last good checkpoint is {self.ckpt_dir / 'last.pt'}; try a lower train.lr"
-        )
+        last = self.ckpt_dir / "last.pt"
+        kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
+        reason = f" after {self.skipped} skipped batches (train.max_skips)" if cfg.nonfinite == "skip" else ""
+        raise UserError(f"loss is not finite {where}{reason}; {kept}; try a lower train.lr")
 
     def evaluate(self) -> dict:
         assert self.val_loader is not None
@@ -207,19 +370,18 @@ class Trainer:
             )
 
     def fit(self, resume: bool = False) -> dict:
+        """Train to ``config.train.iters`` (continuing from the newest checkpoint when ``resume``);
+        returns the final evaluation's metrics with ``train_seconds`` and ``batch_size``."""
         cfg = self.config.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            self.resume()
-        elif (self.run_dir / "metrics.jsonl").exists():
-            (self.run_dir / "metrics.jsonl").unlink()
+        prepare_run_dir(self.run_dir)
+        (self.run_dir / "summary.json").unlink(missing_ok=True)  # a run in progress has no final summary
+        if not (resume and self.resume()):
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         self.task.train()
         batches = self._batches()
-        batch_size = self.config.data.batch_size
         last_metrics: dict = {}
-        start_time = time.perf_counter()
-        window_start, window_images = time.perf_counter(), 0
-        totals: dict[str, torch.Tensor] = {}  # summed on the device, read once per log interval
+        self._start = time.perf_counter()
+        window_start = time.perf_counter()
         progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -244,38 +406,57 @@ class Trainer:
                 lr = self._set_lr()
                 with self.autocast():
                     out = self.task(images, labels)
-                self._check_finite(out)
-                late = getattr(self.task, "steps_after_student", frozenset())
-                self._own_steps(out, [s for s in self.task.extra_steps if s[0] not in late])  # APD's teacher adapter
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(out.total).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self._own_steps(out, [s for s in self.task.extra_steps if s[0] in late])  # a GAN discriminator
+                bad = self._nonfinite_terms(out)
+                if bad:
+                    self._on_nonfinite(bad)  # raises unless the batch is skipped
+                else:
+                    self._train_step(out)
+                    window = self.window
+                    for name, value in out.losses.items():
+                        window["totals"][name] = window["totals"].get(name, 0.0) + value.detach()
+                    window["totals"]["loss"] = window["totals"].get("loss", 0.0) + out.total.detach()
+                    window["steps"] += 1
                 self.step += 1
-                window_images += images.shape[0]
-                for name, value in out.losses.items():
-                    totals[name] = totals.get(name, 0.0) + value.detach()
-                totals["loss"] = totals.get("loss", 0.0) + out.total.detach()
+                self.window["images"] += images.shape[0]
                 if self.step % cfg.log_interval == 0 or self.step == cfg.iters:
-                    n = cfg.log_interval if self.step % cfg.log_interval == 0 else self.step % cfg.log_interval
-                    elapsed = time.perf_counter() - window_start
-                    record = {"step": self.step, "lr": lr, "images_per_s": window_images / max(elapsed, 1e-9)}
-                    record.update({k: float(v) / n for k, v in totals.items()})
-                    self._log(record)
-                    info = f"loss {record['loss']:.3f}  lr {lr:.2e}  {record['images_per_s']:.1f} img/s"
-                    progress.update(bar, info=info)
-                    if not self.console.is_terminal:  # logs and CI: a plain line instead of a live bar
-                        self.console.print(f"{self.config.name} step {self.step}/{cfg.iters}  {info}")
-                    totals, window_start, window_images = {}, time.perf_counter(), 0
+                    self._log_window(lr, time.perf_counter() - window_start, progress, bar)
+                    window_start = time.perf_counter()
                 progress.update(bar, completed=self.step)
                 evaluate_now = self.step == cfg.iters or (cfg.eval_interval and self.step % cfg.eval_interval == 0)
                 if evaluate_now:
                     last_metrics = self._evaluate_and_save()
                     window_start = time.perf_counter()
-        last_metrics["train_seconds"] = time.perf_counter() - start_time
-        last_metrics["batch_size"] = batch_size
+                elif cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0:
+                    self._save()
+        if not last_metrics and self.val_loader is not None:  # resumed a finished run: evaluate again
+            last_metrics = self.evaluate()
+        last_metrics["train_seconds"] = self.trained_seconds + time.perf_counter() - self._start
+        last_metrics["batch_size"] = self.config.data.batch_size
+        last_metrics["skipped_batches"] = self.skipped
         return last_metrics
+
+    def _train_step(self, out: StepOutput) -> None:
+        late = getattr(self.task, "steps_after_student", frozenset())
+        self._own_steps(out, [s for s in self.task.extra_steps if s[0] not in late])  # APD's teacher adapter
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out.total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self._own_steps(out, [s for s in self.task.extra_steps if s[0] in late])  # a GAN discriminator
+
+    def _log_window(self, lr: float, elapsed: float, progress: Progress, bar) -> None:
+        """Write the log window's mean terms to metrics.jsonl and the console, then start a new window."""
+        window = self.window
+        record = {"step": self.step, "lr": lr, "images_per_s": window["images"] / max(elapsed, 1e-9)}
+        record.update({k: float(v) / max(window["steps"], 1) for k, v in window["totals"].items()})
+        if self.skipped:
+            record["skipped"] = self.skipped
+        self._log(record)
+        info = f"loss {record.get('loss', float('nan')):.3f}  lr {lr:.2e}  {record['images_per_s']:.1f} img/s"
+        progress.update(bar, info=info)
+        if not self.console.is_terminal:  # logs and CI: a plain line instead of a live bar
+            self.console.print(f"{self.config.name} step {self.step}/{self.config.train.iters}  {info}")
+        self.window = {"totals": {}, "steps": 0, "images": 0}
 
     def _evaluate_and_save(self) -> dict:
         metrics: dict = {}
@@ -289,11 +470,14 @@ class Trainer:
         is_best = not math.isnan(miou) and miou > self.best_miou
         if is_best:
             self.best_miou = miou
-        state = self.state_dict()
-        atomic_save(state, self.ckpt_dir / "last.pt")
-        if is_best:
-            atomic_save(state, self.ckpt_dir / "best.pt")
+        self._save(best=is_best)
         return metrics
+
+    def _save(self, best: bool = False) -> None:
+        state = self.state_dict()
+        save_training_checkpoint(state, self.ckpt_dir / "last.pt")
+        if best:
+            save_training_checkpoint(state, self.ckpt_dir / "best.pt", keep_previous=False)
 
 
 def write_json(path: Path, obj: dict) -> None:

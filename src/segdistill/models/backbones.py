@@ -35,6 +35,7 @@ class TimmBackbone(nn.Module):
             path = Path(pretrained)
             if not path.is_file():
                 raise UserError(f"pretrained backbone weights not found: {path}")
+            _check_weights_file(path)
             kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
             use_pretrained = True
         else:
@@ -50,11 +51,28 @@ class TimmBackbone(nn.Module):
             self.body = timm.create_model(name, pretrained=use_pretrained, **kwargs)
         except TypeError as exc:  # an argument the timm model does not take
             raise UserError(f"backbone {name!r} does not accept {sorted(timm_kwargs)}: {exc}") from exc
-        except (OSError, RuntimeError) as exc:  # network or corrupt file while fetching weights
-            raise UserError(f"could not load pretrained weights for backbone {name!r}: {exc}") from exc
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - network, or a cached file cut by an interrupted download
+            detail = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise UserError(
+                f"could not load pretrained weights for backbone {name!r} ({detail}); if a download was "
+                "interrupted, delete the cached file (~/.cache/huggingface/hub or ~/.cache/torch/hub) and retry"
+            ) from exc
         self.name = name
         self.output_stride = output_stride
         self.channels: tuple[int, int] = tuple(self.body.feature_info.channels())  # type: ignore[assignment]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.body(x)
+
+
+def _check_weights_file(path: Path) -> None:
+    """Load a local pretrained-weights file safely once (safetensors, or ``torch.load(weights_only=True)``)
+    so that a file cut short by an interrupted download, or one carrying pickled code, is named."""
+    from ..engine.checkpoint import load_weights_file
+
+    try:
+        load_weights_file(path)
+    except UserError as exc:
+        raise UserError(f"pretrained backbone weights: {exc} (an interrupted download? fetch the file again)") from exc
