@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -104,23 +105,33 @@ def test_killed_and_resumed_runs_end_bitwise_equal(tiny_overrides, teacher_check
     subprocess.run(command("reference"), env=env, check=True, capture_output=True)
 
     killed = tmp_path / "runs/killed"
-    kill_after = [1, 4, 7, 9, 12]  # kill once the log shows this step: before any checkpoint, after an
-    # evaluation, mid-window, just before the end
-    resumed_from = []
-    for target in kill_after:
+    ckpt = killed / "checkpoints"
+
+    def writing() -> bool:  # a checkpoint is being written (its temporary file exists)
+        return ckpt.is_dir() and any(p.suffix == ".tmp" for p in ckpt.iterdir())
+
+    # Kill once the log shows step N (before any checkpoint, mid-epoch, after an evaluation, inside a
+    # log window, just before the end), and once in the middle of writing a checkpoint.
+    kill_when = [("step", 1), ("step", 4), ("write", None), ("step", 9), ("step", 12)]
+    starts = []
+    for kind, target in kill_when:
         proc = subprocess.Popen(command("killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 120
-        while proc.poll() is None and logged_steps(killed) < target and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert proc.poll() is None, f"the run ended before step {target}: {proc.stderr.read().decode()[-500:]}"
+        while proc.poll() is None and time.monotonic() < deadline:
+            if (logged_steps(killed) >= target) if kind == "step" else writing():
+                break
+            time.sleep(0.005 if kind == "step" else 0)
+        assert proc.poll() is None, f"the run ended before the kill ({kind} {target})"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        err = proc.stderr.read().decode()
-        resumed_from.append(next((line for line in err.splitlines() if line.startswith("resumed from")), "start"))
+        found = re.search(r"resumed\s+from.*?at\s+step\s+(\d+)", proc.stderr.read().decode(), re.S)
+        starts.append(int(found.group(1)) if found else 0)
+        print(f"attempt {len(starts)}: started at step {starts[-1]}, killed at {kind} {target or ''}".rstrip())
     final = subprocess.run(command("killed"), env=env, capture_output=True, text=True)
     assert final.returncode == 0, final.stderr[-2000:]
     assert "resumed from" in final.stderr
-    assert any("resumed from" in r for r in resumed_from)  # at least one kill fell after a checkpoint
+    assert len(set(starts)) >= 3  # the attempts resumed from different checkpoints
+    assert not list(ckpt.glob("*.tmp"))  # a temporary file left by a kill is removed on resume
 
     a = load_training_checkpoint(reference / "checkpoints/last.pt")
     b = load_training_checkpoint(killed / "checkpoints/last.pt")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -12,6 +13,11 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import UserError
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a ``torchrun`` job, or a single process (the summary table is printed once)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _print_metrics(console: Console, title: str, metrics: dict, class_names: list[str]) -> None:
@@ -50,6 +56,8 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
 
     config = load_config(args.config, args.overrides)
     summary = run_train(config, resume=args.resume, console=console)
+    if not is_main_process():
+        return 0
     _print_metrics(console, f"{config.name}: val", summary["val"], list(TRAIN_CLASSES))
     console.print(
         f"parameters {summary['parameters'] / 1e6:.2f} M, FLOPs {summary['flops'] / 1e9:.2f} G at "
@@ -66,6 +74,8 @@ def cmd_distill(args: argparse.Namespace, console: Console) -> int:
 
     config = load_config(args.config, args.overrides)
     summary = run_distill(config, resume=args.resume, console=console)
+    if not is_main_process():
+        return 0
     _print_metrics(console, f"{config.name}: val", summary["val"], list(TRAIN_CLASSES))
     console.print(f"trained in {summary['train_seconds']:.0f} s; outputs in {config.run_dir}")
     return 0

@@ -21,6 +21,10 @@ DataLoader workers receive a copy of the transform with the *same* generator sta
 dataset's transform from ``torch.initial_seed()``, which PyTorch sets to ``base_seed + worker_id``
 (``base_seed`` is drawn from the main process's torch RNG for every epoch's iterator), so workers get
 distinct streams that are reproducible for a fixed ``torch.manual_seed``.
+
+Training runs go one step further (:mod:`segdistill.data.sampling`): every sample's augmentation is
+reseeded from (run seed, epoch, position), so it depends neither on the worker that loads it nor on
+what was loaded before; that is what makes a resumed run exact.
 """
 
 from __future__ import annotations

@@ -48,20 +48,29 @@ def build_datasets(config: Config, console: Console | None = None) -> tuple[Data
     return train, val
 
 
-def build_loaders(config: Config, train: Dataset, val: Dataset) -> tuple[DataLoader, DataLoader]:
+def build_loaders(
+    config: Config, train: Dataset, val: Dataset, rank: int = 0, world_size: int = 1
+) -> tuple[DataLoader, DataLoader]:
+    """Training batches of ``data.batch_size`` per process (this rank's shard of each epoch); the val
+    split sharded over ranks without padding (rank r reads images r, r + world_size, ...), so the
+    summed confusion matrix counts every image once."""
     data = config.data
-    if len(train) < data.batch_size:
-        raise UserError(f"the train split has {len(train)} images, fewer than data.batch_size={data.batch_size}")
+    if len(train) < data.batch_size * world_size:
+        per = f" x {world_size} processes" if world_size > 1 else ""
+        raise UserError(f"the train split has {len(train)} images, fewer than data.batch_size={data.batch_size}{per}")
     generator = torch.Generator().manual_seed(config.seed)
     train_loader = DataLoader(
         SeededSamples(train),
-        batch_sampler=EpochBatchSampler(len(train), data.batch_size, config.seed),
+        batch_sampler=EpochBatchSampler(len(train), data.batch_size, config.seed, rank, world_size),
         num_workers=data.workers,
         worker_init_fn=seed_worker,
         generator=generator,
         persistent_workers=False,
     )
-    val_loader = DataLoader(val, batch_size=config.eval.batch_size, shuffle=False, num_workers=data.workers)
+    val_indices = list(range(rank, len(val), world_size))
+    val_loader = DataLoader(
+        val, batch_size=config.eval.batch_size, sampler=val_indices, shuffle=False, num_workers=data.workers
+    )
     return train_loader, val_loader
 
 

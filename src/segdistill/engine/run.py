@@ -22,23 +22,59 @@ def run_train(config: Config, resume: bool = False, console: Console | None = No
     """Train ``config.model`` on ``config.data`` (no distillation) and evaluate it on the val split.
 
     Writes ``runs/<name>/config.yaml``, ``metrics.jsonl``, ``checkpoints/{last,best}.pt`` and
-    ``summary.json``; returns the summary (val metrics, parameters, FLOPs, training time)."""
+    ``summary.json``; returns the summary (val metrics, parameters, FLOPs, training time).
+    Under ``torchrun`` every process trains on its shard of each batch and rank 0 writes."""
+
+    def task(model: nn.Module, device: torch.device) -> nn.Module:
+        return SupervisedTask(model, aux_weight=config.train.aux_weight)
+
+    return _run(config, resume, console, task)
+
+
+def _run(config: Config, resume: bool, console: Console | None, make_task) -> dict:
+    """The steps shared by plain training and distillation, single- or multi-process."""
+    from .distributed import barrier, init_distributed, is_collective_failure, lost_peer_error, shutdown
+
+    info, device = init_distributed(resolve_device(config.train.device), config.train.dist_timeout)
     console = console or Console(stderr=True)
-    prepare_run_dir(config.run_dir)  # fail before any work when the outputs cannot be written
-    (config.run_dir / "summary.json").unlink(missing_ok=True)  # a summary is written only by a finished run
-    seed_everything(config.seed, config.train.deterministic)
-    device = resolve_device(config.train.device)
-    train_set, val_set = build_datasets(config, console)
-    train_loader, val_loader = build_loaders(config, train_set, val_set)
-    model = build_model(config.model)
-    save_config(config, config.run_dir / "config.yaml")
-    task = SupervisedTask(model, aux_weight=config.train.aux_weight)
-    trainer = Trainer(config, task, train_loader, val_loader, config.model.num_classes, device, console)
-    metrics = trainer.fit(resume=resume)
-    return finish_summary(config, model, metrics, val_set, device)
+    if not info.is_main:
+        console = Console(stderr=True, quiet=True)
+    try:
+        if info.is_main:
+            prepare_run_dir(config.run_dir)  # fail before any work when the outputs cannot be written
+            (config.run_dir / "summary.json").unlink(missing_ok=True)  # written only by a finished run
+        seed_everything(config.seed, config.train.deterministic)
+        if info.is_main:  # rank 0 generates the embedded dataset if needed, then the others read it
+            train_set, val_set = build_datasets(config, console)
+        barrier(info)
+        if not info.is_main:
+            train_set, val_set = build_datasets(config, console)
+        train_loader, val_loader = build_loaders(config, train_set, val_set, rank=info.rank, world_size=info.world_size)
+        model = build_model(config.model)  # built first: the same init as the baseline's in a distillation
+        if info.enabled and device.type == "cuda" and config.train.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = model.to(device)
+        if info.is_main:
+            save_config(config, config.run_dir / "config.yaml")
+        task = make_task(model, device)
+        if info.enabled:
+            torch.manual_seed(config.seed + info.rank)  # distinct dropout masks per rank
+        trainer = Trainer(config, task, train_loader, val_loader, config.model.num_classes, device, console, info)
+        metrics = trainer.fit(resume=resume)
+        summary = finish_summary(config, model, metrics, val_set, device, write=info.is_main)
+        barrier(info)
+        return summary
+    except Exception as exc:
+        if info.enabled and is_collective_failure(exc):
+            raise lost_peer_error(info, exc) from exc
+        raise
+    finally:
+        shutdown()
 
 
-def finish_summary(config: Config, model: nn.Module, metrics: dict, val_set, device: torch.device) -> dict:
+def finish_summary(
+    config: Config, model: nn.Module, metrics: dict, val_set, device: torch.device, write: bool = True
+) -> dict:
     height, width = val_set[0]["image"].shape[-2:]
     summary = {
         "name": config.name,
@@ -50,7 +86,8 @@ def finish_summary(config: Config, model: nn.Module, metrics: dict, val_set, dev
         "train_seconds": metrics.get("train_seconds"),
         "iters": config.train.iters,
     }
-    write_summary(config.run_dir / "summary.json", summary)
+    if write:
+        write_summary(config.run_dir / "summary.json", summary)
     return summary
 
 
@@ -164,17 +201,10 @@ def run_distill(config: Config, resume: bool = False, console: Console | None = 
         )
     if config.distill is None:
         raise UserError("config has no 'distill' section (distill.methods lists the methods)")
-    prepare_run_dir(config.run_dir)  # fail before any work when the outputs cannot be written
-    (config.run_dir / "summary.json").unlink(missing_ok=True)  # a summary is written only by a finished run
-    seed_everything(config.seed, config.train.deterministic)
-    device = resolve_device(config.train.device)
-    train_set, val_set = build_datasets(config, console)
-    train_loader, val_loader = build_loaders(config, train_set, val_set)
-    student = build_model(config.model).to(device)  # built first: the same init as the baseline's
-    teacher = build_model(config.teacher).to(device)
-    save_config(config, config.run_dir / "config.yaml")
-    torch.manual_seed(config.seed)  # loss modules (adapters) initialise the same whatever the teacher built
-    distiller = build_distiller(config, student, teacher, device)
-    trainer = Trainer(config, distiller, train_loader, val_loader, config.model.num_classes, device, console)
-    metrics = trainer.fit(resume=resume)
-    return finish_summary(config, student, metrics, val_set, device)
+
+    def task(student: nn.Module, device: torch.device) -> nn.Module:
+        teacher = build_model(config.teacher).to(device)
+        torch.manual_seed(config.seed)  # loss modules (adapters) initialise the same whatever the teacher built
+        return build_distiller(config, student, teacher, device)
+
+    return _run(config, resume, console, task)

@@ -20,6 +20,14 @@ from torch.utils.data import DataLoader
 from ..config import Config, config_to_dict
 from ..errors import UserError
 from .checkpoint import load_latest_checkpoint, prepare_run_dir, save_training_checkpoint
+from .distributed import (
+    DistInfo,
+    all_reduce_mean_,
+    any_rank,
+    average_gradients,
+    broadcast_buffers,
+    gather_objects,
+)
 from .evaluator import evaluate
 from .task import StepOutput
 
@@ -153,9 +161,12 @@ class Trainer:
         num_classes: int,
         device: torch.device,
         console: Console | None = None,
+        dist: DistInfo | None = None,
     ) -> None:
         self.config = config
+        self.dist = dist or DistInfo()
         self.task = task.to(device)
+        self.model = task.student  # the student itself (under DDP, task.student becomes its DDP wrapper)
         self.train_loader = train_loader
         self.val_loader = val_loader
         self.num_classes = num_classes
@@ -184,12 +195,21 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
         if cfg.channels_last:
             self.task.to(memory_format=torch.channels_last)
+        student_ids = {id(p) for p in self.model.parameters()}
+        # Trained by the student's optimizer but outside the student (adapters, projectors): their
+        # gradients are averaged over ranks by hand; the student's by DDP.
+        self._loss_params = [p for g in self.optimizer.param_groups for p in g["params"] if id(p) not in student_ids]
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [device.index] if device.type == "cuda" else None
+            self.task.student = DistributedDataParallel(self.model, device_ids=ids)
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:
         extra = {name: opt.state_dict() for name, (module, opt) in self._extra_steps().items()}
         return {
-            "model": self.task.student.state_dict(),
+            "model": self.model.state_dict(),
             "task": self.task.trainable_state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "extra_optimizers": extra,
@@ -199,18 +219,21 @@ class Trainer:
             "best_miou": self.best_miou,
             "skipped": self.skipped,
             "train_seconds": self.trained_seconds + (time.perf_counter() - self._start if self._start else 0.0),
-            "window": {
-                "totals": {k: v.detach().clone() for k, v in self.window["totals"].items()},
-                "steps": self.window["steps"],
-                "images": self.window["images"],
-            },
-            "rng": rng_state(),
+            # per rank: [rank 0's, rank 1's, ...] (one entry without DDP)
+            "window": gather_objects(
+                {
+                    "totals": {k: v.detach().cpu().clone() for k, v in self.window["totals"].items()},
+                    "steps": self.window["steps"],
+                },
+                self.dist,
+            ),
+            "rng": gather_objects(rng_state(), self.dist),
             "scaler": self.scaler.state_dict(),
             "config": config_to_dict(self.config),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.task.student.load_state_dict(state["model"])
+        self.model.load_state_dict(state["model"])
         self.task.load_trainable_state_dict(state["task"])
         self.optimizer.load_state_dict(state["optimizer"])
         for name, (_, opt) in self._extra_steps().items():
@@ -222,18 +245,26 @@ class Trainer:
         self.best_miou = float(state["best_miou"])
         self.skipped = int(state["skipped"])
         self.trained_seconds = float(state["train_seconds"])
+        if len(state["rng"]) != self.dist.world_size:
+            raise UserError(
+                f"the checkpoint was written by {len(state['rng'])} processes, this run has {self.dist.world_size}"
+            )
+        window = state["window"][self.dist.rank]
         self.window = {
-            "totals": {k: v.to(self.device) for k, v in state["window"]["totals"].items()},
-            "steps": int(state["window"]["steps"]),
+            "totals": {k: v.to(self.device) for k, v in window["totals"].items()},
+            "steps": int(window["steps"]),
             "images": 0,  # images/s is measured over this process's part of the window
         }
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"][self.dist.rank])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
 
     def resume(self) -> bool:
         """Load the newest intact checkpoint (``last.pt``, else ``last.previous.pt``, with a warning);
         returns whether there was one. Log lines written after it are dropped from ``metrics.jsonl``."""
+        if self.dist.is_main:
+            for stray in self.ckpt_dir.glob(".*.tmp"):  # a write cut by a kill; never a complete checkpoint
+                stray.unlink(missing_ok=True)
         found = load_latest_checkpoint(self.ckpt_dir, warn=self._warn)
         if found is None:
             self._truncate_log(0)
@@ -250,16 +281,18 @@ class Trainer:
         except (KeyError, RuntimeError, ValueError) as exc:
             raise UserError(f"{path} does not fit this run ({str(exc).splitlines()[0]})") from exc
         self._truncate_log(self.step)
-        self.console.print(f"resumed from {path} at step {self.step}")
+        if self.dist.is_main:
+            self.console.print(f"resumed from {path} at step {self.step}")
         return True
 
     def _warn(self, message: str) -> None:
-        self.console.print(f"warning: {message}")
+        if self.dist.is_main:
+            self.console.print(f"warning: {message}")
 
     def _truncate_log(self, step: int) -> None:
         """Drop the ``metrics.jsonl`` records after ``step`` (written after the checkpoint resumed from)."""
         path = self.run_dir / "metrics.jsonl"
-        if not path.exists():
+        if not self.dist.is_main or not path.exists():
             return
         kept = []
         for line in path.read_text().splitlines():
@@ -273,17 +306,21 @@ class Trainer:
         tmp.write_text("".join(line + "\n" for line in kept))
         tmp.replace(path)
 
-    @staticmethod
-    def _own_steps(out, steps: list) -> None:
+    def _own_steps(self, out, steps: list) -> None:
         """Back-propagate each own-optimizer term into its module alone and step its optimizer."""
-        for name, _module, opt in steps:
+        for name, module, opt in steps:
             term = out.extra_losses[name]
             opt.zero_grad(set_to_none=True)
             # As the APD release: no step on a batch where the term is 0 (no valid pixel), so that
-            # Adam's momentum does not move the module on an empty batch.
-            if term.requires_grad and float(term.detach()) > 0.0:
+            # Adam's momentum does not move the module on an empty batch. Under DDP the ranks decide
+            # together (a rank with an empty batch contributes zero gradients).
+            active = term.requires_grad and float(term.detach()) > 0.0
+            if not any_rank(active, self.dist, self.device):
+                continue
+            if active:
                 term.backward()
-                opt.step()
+            average_gradients(module.parameters(), self.dist)
+            opt.step()
 
     def _extra_steps(self) -> dict:
         return {name: (module, opt) for name, module, opt in self.task.extra_steps}
@@ -317,6 +354,8 @@ class Trainer:
             self.batch_in_epoch = 0
 
     def _log(self, record: dict) -> None:
+        if not self.dist.is_main:
+            return
         with open(self.run_dir / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
@@ -332,8 +371,10 @@ class Trainer:
         terms = {**out.losses, **out.extra_losses}
         values = [out.total, *terms.values()]
         flags = torch.stack([torch.isfinite(v.detach().float()) for v in values])
-        if bool(flags.all()):
+        if not any_rank(not bool(flags.all()), self.dist, self.device):
             return []
+        if bool(flags.all()):
+            return [f"on another rank than {self.dist.rank}"]
         bad = [name for name, ok in zip(terms, flags[1:].tolist()) if not ok]
         return bad or ["total"]
 
@@ -352,13 +393,15 @@ class Trainer:
         raise UserError(f"loss is not finite {where}{reason}; {kept}; try a lower train.lr")
 
     def evaluate(self) -> dict:
+        """The student on the val split (each rank its shard; the confusion matrix is summed)."""
         assert self.val_loader is not None
+        broadcast_buffers(self.model, self.dist)  # every rank evaluates rank 0's (the saved) weights
         cfg = self.config.eval
         window = cfg.crop_size or self.config.data.crop_size
         stride = cfg.stride or [max(1, (2 * w) // 3) for w in window]
         with self.autocast():
             return evaluate(
-                self.task.student,
+                self.model,
                 self.val_loader,
                 self.num_classes,
                 self.device,
@@ -373,9 +416,11 @@ class Trainer:
         """Train to ``config.train.iters`` (continuing from the newest checkpoint when ``resume``);
         returns the final evaluation's metrics with ``train_seconds`` and ``batch_size``."""
         cfg = self.config.train
-        prepare_run_dir(self.run_dir)
-        (self.run_dir / "summary.json").unlink(missing_ok=True)  # a run in progress has no final summary
-        if not (resume and self.resume()):
+        main = self.dist.is_main
+        if main:
+            prepare_run_dir(self.run_dir)
+            (self.run_dir / "summary.json").unlink(missing_ok=True)  # a run in progress has no final summary
+        if not (resume and self.resume()) and main:
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         self.task.train()
         batches = self._batches()
@@ -439,7 +484,8 @@ class Trainer:
         late = getattr(self.task, "steps_after_student", frozenset())
         self._own_steps(out, [s for s in self.task.extra_steps if s[0] not in late])  # APD's teacher adapter
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(out.total).backward()
+        self.scaler.scale(out.total).backward()  # DDP averages the student's gradients over ranks
+        average_gradients(self._loss_params, self.dist)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self._own_steps(out, [s for s in self.task.extra_steps if s[0] in late])  # a GAN discriminator
@@ -447,14 +493,18 @@ class Trainer:
     def _log_window(self, lr: float, elapsed: float, progress: Progress, bar) -> None:
         """Write the log window's mean terms to metrics.jsonl and the console, then start a new window."""
         window = self.window
-        record = {"step": self.step, "lr": lr, "images_per_s": window["images"] / max(elapsed, 1e-9)}
-        record.update({k: float(v) / max(window["steps"], 1) for k, v in window["totals"].items()})
+        names = sorted(window["totals"])
+        means = [torch.as_tensor(window["totals"][k] / max(window["steps"], 1), device=self.device) for k in names]
+        all_reduce_mean_(means, self.dist)  # the mean over ranks of each rank's window mean
+        images = window["images"] * self.dist.world_size
+        record = {"step": self.step, "lr": lr, "images_per_s": images / max(elapsed, 1e-9)}
+        record.update({k: float(v) for k, v in zip(names, means)})
         if self.skipped:
             record["skipped"] = self.skipped
         self._log(record)
         info = f"loss {record.get('loss', float('nan')):.3f}  lr {lr:.2e}  {record['images_per_s']:.1f} img/s"
         progress.update(bar, info=info)
-        if not self.console.is_terminal:  # logs and CI: a plain line instead of a live bar
+        if self.dist.is_main and not self.console.is_terminal:  # logs and CI: a plain line, not a live bar
             self.console.print(f"{self.config.name} step {self.step}/{self.config.train.iters}  {info}")
         self.window = {"totals": {}, "steps": 0, "images": 0}
 
@@ -463,9 +513,9 @@ class Trainer:
         if self.val_loader is not None:
             metrics = self.evaluate()
             self._log({"step": self.step, "eval": metrics})
-            self.console.print(
-                f"step {self.step}: val mIoU {100 * metrics['mIoU']:.2f}  pixel acc {100 * metrics['pixel_acc']:.2f}"
-            )
+            if self.dist.is_main:
+                miou, acc = 100 * metrics["mIoU"], 100 * metrics["pixel_acc"]
+                self.console.print(f"step {self.step}: val mIoU {miou:.2f}  pixel acc {acc:.2f}")
         miou = metrics.get("mIoU", -1.0)
         is_best = not math.isnan(miou) and miou > self.best_miou
         if is_best:
@@ -474,7 +524,9 @@ class Trainer:
         return metrics
 
     def _save(self, best: bool = False) -> None:
-        state = self.state_dict()
+        state = self.state_dict()  # every rank: it gathers their RNG states
+        if not self.dist.is_main:
+            return
         save_training_checkpoint(state, self.ckpt_dir / "last.pt")
         if best:
             save_training_checkpoint(state, self.ckpt_dir / "best.pt", keep_previous=False)
