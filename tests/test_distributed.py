@@ -92,3 +92,41 @@ def test_a_rank_that_dies_stops_the_others_with_an_error(tiny_overrides, tmp_pat
     assert waited < 60, waited
     print(f"rank 0 exited {waited:.2f} s after rank 1 was killed: {err[-1]}")
     assert not (tmp_path / "runs/dies/summary.json").exists()
+
+
+def test_a_killed_two_process_run_resumes_exactly(tiny_overrides, tmp_path):
+    """Both ranks SIGKILLed mid-run and relaunched with --resume end with the weights and metrics of
+    an uninterrupted 2-process run (each rank restores its own RNG state and log window)."""
+    common = overrides(
+        tiny_overrides, data__batch_size=2, train__iters=9, train__log_interval=1, train__checkpoint_interval=2
+    )
+
+    def run(name: str, kill_after: int | None = None) -> str:
+        procs = launch(2, ["train", "configs/synthetic/student.yaml", *common, f"name={name}", "--resume"])
+        log = tmp_path / f"runs/{name}/metrics.jsonl"
+        if kill_after is not None:
+            deadline = time.monotonic() + 120
+            while not (log.exists() and len(log.read_text().splitlines()) >= kill_after):
+                assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+                time.sleep(0.02)
+            for p in procs:
+                os.kill(p.pid, signal.SIGKILL)
+        for p in procs:
+            p.wait(timeout=300)
+        errors = [p.stderr.read() for p in procs]
+        if kill_after is None:
+            assert [p.returncode for p in procs] == [0, 0], errors
+        return errors[0]
+
+    run("reference")
+    run("killed", kill_after=5)
+    assert "resumed from" in run("killed")
+    a = torch.load(tmp_path / "runs/reference/checkpoints/last.pt", weights_only=True)
+    b = torch.load(tmp_path / "runs/killed/checkpoints/last.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+    def records(name: str) -> list[dict]:
+        lines = (tmp_path / f"runs/{name}/metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(x).items() if k != "images_per_s"} for x in lines]
+
+    assert records("reference") == records("killed")
