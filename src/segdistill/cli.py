@@ -14,6 +14,8 @@ from rich.table import Table
 
 from .errors import UserError
 
+RESUME_HELP = "continue from the newest intact checkpoint in runs/<name>/checkpoints (start if there is none)"
+
 
 def is_main_process() -> bool:
     """Rank 0 of a ``torchrun`` job, or a single process (the summary table is printed once)."""
@@ -146,13 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model (no distillation)")
     train.add_argument("config")
     train.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.iters=100")
-    train.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoints/last.pt")
+    train.add_argument("--resume", action="store_true", help=RESUME_HELP)
     train.set_defaults(func=cmd_train)
 
     dist = sub.add_parser("distill", help="train a student with a teacher and distillation methods")
     dist.add_argument("config")
     dist.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. distill.methods=[apd]")
-    dist.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoints/last.pt")
+    dist.add_argument("--resume", action="store_true", help=RESUME_HELP)
     dist.set_defaults(func=cmd_distill)
 
     quick = sub.add_parser("quickstart", help="the main job: teacher, student baseline and APD student")
