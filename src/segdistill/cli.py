@@ -33,6 +33,13 @@ def _print_metrics(console: Console, title: str, metrics: dict, class_names: lis
     console.print(table)
 
 
+def _class_names(config) -> list[str]:
+    from .data.datasets import class_names
+    from .engine.builders import dataset_name
+
+    return class_names(dataset_name(config.data))
+
+
 def cmd_synth(args: argparse.Namespace, console: Console) -> int:
     from .data.synthetic import generate_dataset
 
@@ -53,14 +60,13 @@ def cmd_synth(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_train(args: argparse.Namespace, console: Console) -> int:
     from .config import load_config
-    from .data.labels import TRAIN_CLASSES
     from .engine.run import run_train
 
     config = load_config(args.config, args.overrides)
     summary = run_train(config, resume=args.resume, console=console)
     if not is_main_process():
         return 0
-    _print_metrics(console, f"{config.name}: val", summary["val"], list(TRAIN_CLASSES))
+    _print_metrics(console, f"{config.name}: val", summary["val"], _class_names(config))
     console.print(
         f"parameters {summary['parameters'] / 1e6:.2f} M, FLOPs {summary['flops'] / 1e9:.2f} G at "
         f"{summary['flops_input'][0]}x{summary['flops_input'][1]}, trained in {summary['train_seconds']:.0f} s; "
@@ -71,14 +77,13 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_distill(args: argparse.Namespace, console: Console) -> int:
     from .config import load_config
-    from .data.labels import TRAIN_CLASSES
     from .engine.run import run_distill
 
     config = load_config(args.config, args.overrides)
     summary = run_distill(config, resume=args.resume, console=console)
     if not is_main_process():
         return 0
-    _print_metrics(console, f"{config.name}: val", summary["val"], list(TRAIN_CLASSES))
+    _print_metrics(console, f"{config.name}: val", summary["val"], _class_names(config))
     console.print(f"trained in {summary['train_seconds']:.0f} s; outputs in {config.run_dir}")
     return 0
 
@@ -92,7 +97,6 @@ def cmd_quickstart(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_eval(args: argparse.Namespace, console: Console) -> int:
     from .config import load_config
-    from .data.labels import TRAIN_CLASSES
     from .engine.run import run_eval
 
     overrides = list(args.overrides)
@@ -104,7 +108,7 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
         overrides.append("eval.flip=true")
     config = load_config(args.config, overrides)
     metrics = run_eval(config, args.checkpoint, split=args.split, console=console)
-    _print_metrics(console, f"{args.checkpoint} ({config.eval.mode})", metrics, list(TRAIN_CLASSES))
+    _print_metrics(console, f"{args.checkpoint} ({config.eval.mode})", metrics, _class_names(config))
     console.print(f"{metrics['images']} images in {metrics['seconds']:.1f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=2))

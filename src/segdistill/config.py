@@ -20,7 +20,8 @@ from .errors import UserError
 
 @dataclass
 class DataConfig:
-    dataset: str = "synthetic"  # "synthetic" (generated if absent) or "cityscapes"
+    # synthetic (generated if absent) | cityscapes | ade20k | pascal_context | pascal_context_59 | voc_aug | camvid
+    dataset: str = "synthetic"
     root: str = "data/synthetic"
     train_split: str = "train"
     val_split: str = "val"

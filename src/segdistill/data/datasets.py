@@ -1,4 +1,5 @@
-"""Segmentation datasets: Cityscapes (``leftImg8bit`` + ``gtFine`` labelIds) and a name registry.
+"""Segmentation datasets: Cityscapes (``leftImg8bit`` + ``gtFine`` labelIds) and a name registry
+(the other standard datasets, in :mod:`segdistill.data.standard`, register themselves in it).
 
 A sample is ``{"image": float32 3xHxW (ImageNet-normalised), "label": int64 HxW (train ids, 255 =
 ignore), "name": str}``. Every problem with the files on disk raises :class:`UserError` with a
@@ -150,8 +151,26 @@ class CityscapesDataset(Dataset):
 DATASETS: dict[str, type[Dataset]] = {"cityscapes": CityscapesDataset}
 
 
+def _register_standard() -> None:
+    from . import standard  # noqa: F401  (registers ADE20K, PASCAL-Context, VOC, CamVid)
+
+
+def dataset_class(name: str) -> type[Dataset]:
+    """The dataset class registered under ``name``; UserError listing the valid names."""
+    _register_standard()
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(DATASETS))}")
+    return DATASETS[name]
+
+
+def class_names(name: str) -> list[str]:
+    """The class names of dataset ``name``, in train-id order."""
+    return list(dataset_class(name).class_names)
+
+
 def build_dataset(name: str, root: str | Path, split: str, transform: Transform | None = None) -> Dataset:
     """Instantiate the dataset registered under ``name`` (see :data:`DATASETS`)."""
+    _register_standard()
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(DATASETS))}")
     return DATASETS[name](root, split, transform=transform)

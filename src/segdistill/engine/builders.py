@@ -45,7 +45,21 @@ def build_datasets(config: Config, console: Console | None = None) -> tuple[Data
     )
     train = build_dataset(dataset_name(data), data.root, data.train_split, transform=transform)
     val = build_dataset(dataset_name(data), data.root, data.val_split, transform=None)
+    check_class_count(config)
     return train, val
+
+
+def check_class_count(config: Config) -> None:
+    """``model.num_classes`` (and the teacher's) must be the dataset's class count."""
+    from ..data.datasets import class_names
+
+    expected = len(class_names(dataset_name(config.data)))
+    for key, section in (("model", config.model), ("teacher", config.teacher)):
+        if section is not None and section.num_classes != expected:
+            raise UserError(
+                f"{key}.num_classes is {section.num_classes} but data.dataset={config.data.dataset} has "
+                f"{expected} classes; set {key}.num_classes={expected}"
+            )
 
 
 def build_loaders(

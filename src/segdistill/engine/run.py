@@ -100,13 +100,14 @@ def run_eval(
 ) -> dict:
     """Evaluate ``checkpoint`` on ``split`` (default: the val split) with ``config.eval``'s protocol."""
     from ..data.datasets import build_dataset
-    from .builders import dataset_name, ensure_synthetic
+    from .builders import check_class_count, dataset_name, ensure_synthetic
 
     console = console or Console(stderr=True)
     device = resolve_device(config.train.device)
     if config.data.dataset == "synthetic":
         ensure_synthetic(config.data.root, console)
     dataset = build_dataset(dataset_name(config.data), config.data.root, split or config.data.val_split)
+    check_class_count(config)
     loader = torch.utils.data.DataLoader(dataset, batch_size=config.eval.batch_size, num_workers=config.data.workers)
     model = build_model(config.model)
     load_weights(model, checkpoint)
