@@ -107,9 +107,21 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
     if args.flip:
         overrides.append("eval.flip=true")
     config = load_config(args.config, overrides)
-    metrics = run_eval(config, args.checkpoint, split=args.split, console=console)
+    predictions = args.predictions
+    if args.format and not predictions:
+        predictions = str(config.run_dir / f"predictions_{args.format}")
+    metrics = run_eval(
+        config,
+        args.checkpoint,
+        split=args.split,
+        console=console,
+        predictions=predictions,
+        prediction_format=args.format or "cityscapes",
+    )
     _print_metrics(console, f"{args.checkpoint} ({config.eval.mode})", metrics, _class_names(config))
     console.print(f"{metrics['images']} images in {metrics['seconds']:.1f} s")
+    if predictions:
+        console.print(f"predictions ({args.format or 'cityscapes'}) written to {predictions}")
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=2))
     return 0
@@ -177,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--flip", action="store_true")
     ev.add_argument("--split")
     ev.add_argument("--json", help="also write the metrics to this JSON file")
+    ev.add_argument(
+        "--format",
+        choices=["cityscapes", "trainid"],
+        help="write predictions as PNGs: Cityscapes labelIds for the official evaluation / test server, or train ids",
+    )
+    ev.add_argument("--predictions", help="folder for the predictions (default runs/<name>/predictions_<format>)")
     ev.set_defaults(func=cmd_eval)
 
     ex = sub.add_parser("export", help="export a checkpoint's model weights")

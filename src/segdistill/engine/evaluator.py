@@ -25,9 +25,11 @@ def evaluate(
     flip: bool = False,
     ignore_index: int = 255,
     on_batch: Callable[[int], None] | None = None,
+    on_prediction: Callable[[list[str], torch.Tensor], None] | None = None,
 ) -> dict:
     """Run ``model`` (in eval mode) over ``loader`` batches ``{"image", "label"}`` and return
-    ``ConfusionMatrix.compute()`` (all-reduced under DDP). Restores the model's train/eval mode."""
+    ``ConfusionMatrix.compute()`` (all-reduced under DDP). Restores the model's train/eval mode.
+    ``on_prediction(names, predictions B x H x W train ids)`` receives every batch's predictions."""
     was_training = model.training
     model.eval()
     matrix = ConfusionMatrix(num_classes, ignore_index, device=device)
@@ -36,7 +38,10 @@ def evaluate(
             images = batch["image"].to(device, non_blocking=True)
             labels = batch["label"].to(device, non_blocking=True)
             scores = predict(model, images, mode=mode, window=window, stride=stride, scales=scales, flip=flip)
-            matrix.update(scores.argmax(dim=1), labels)
+            prediction = scores.argmax(dim=1)
+            matrix.update(prediction, labels)
+            if on_prediction is not None:
+                on_prediction(list(batch["name"]), prediction)
             if on_batch is not None:
                 on_batch(images.shape[0])
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -97,8 +98,16 @@ def run_eval(
     *,
     split: str | None = None,
     console: Console | None = None,
+    predictions: str | None = None,
+    prediction_format: str = "cityscapes",
 ) -> dict:
-    """Evaluate ``checkpoint`` on ``split`` (default: the val split) with ``config.eval``'s protocol."""
+    """Evaluate ``checkpoint`` on ``split`` (default: the val split) with ``config.eval``'s protocol.
+
+    With ``predictions`` (a folder), also write every prediction as a PNG: ``cityscapes`` writes
+    labelIds named ``<city>_<seq>_<frame>_pred_labelIds.png``, which the official
+    ``cityscapesscripts`` evaluation and the test server read; ``trainid`` writes the train ids as
+    ``<name>.png``. The folder appears only when every image is written (it is filled as
+    ``<folder>.partial`` first)."""
     from ..data.datasets import build_dataset
     from .builders import check_class_count, dataset_name, ensure_synthetic
 
@@ -115,6 +124,7 @@ def run_eval(
     cfg = config.eval
     window = cfg.crop_size or config.data.crop_size
     stride = cfg.stride or [max(1, (2 * w) // 3) for w in window]
+    writer = PredictionWriter(predictions, prediction_format) if predictions else None
     start = time.perf_counter()
     with autocast_context(device, config.train.amp):  # the same precision as evaluation during training
         metrics = evaluate(
@@ -127,10 +137,50 @@ def run_eval(
             stride=stride,
             scales=cfg.scales,
             flip=cfg.flip,
+            on_prediction=writer,
         )
     metrics["seconds"] = time.perf_counter() - start
     metrics["images"] = len(dataset)
+    if writer is not None:
+        writer.finish()
+        metrics["predictions"] = str(writer.folder)
     return metrics
+
+
+class PredictionWriter:
+    """Writes predicted maps as PNGs into ``<folder>.partial``; :meth:`finish` renames it to ``folder``."""
+
+    FORMATS = ("cityscapes", "trainid")
+
+    def __init__(self, folder: str, fmt: str) -> None:
+        import shutil
+
+        from ..data.labels import train_id_to_id_lut
+        from ..errors import UserError
+
+        if fmt not in self.FORMATS:
+            raise UserError(f"unknown prediction format {fmt!r}; use one of {', '.join(self.FORMATS)}")
+        self.folder = Path(folder)
+        if self.folder.exists():
+            raise UserError(f"prediction folder {self.folder} already exists; remove it or choose another")
+        self.partial = self.folder.with_name(self.folder.name + ".partial")
+        shutil.rmtree(self.partial, ignore_errors=True)  # left by an interrupted run
+        prepare_run_dir(self.partial)
+        self.format = fmt
+        self.lut = train_id_to_id_lut() if fmt == "cityscapes" else None
+
+    def __call__(self, names: list[str], predictions: torch.Tensor) -> None:
+        import numpy as np
+        from PIL import Image
+
+        for name, prediction in zip(names, predictions.cpu().numpy().astype(np.uint8)):
+            if self.lut is not None:
+                Image.fromarray(self.lut[prediction]).save(self.partial / f"{name}_pred_labelIds.png")
+            else:
+                Image.fromarray(prediction).save(self.partial / f"{name}.png")
+
+    def finish(self) -> None:
+        self.partial.replace(self.folder)
 
 
 # The release taps the PSP output *after* Dropout2d (the student's APD features are dropped out in
