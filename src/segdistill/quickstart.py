@@ -19,7 +19,7 @@ from .config import Config, load_config
 from .data.datasets import build_dataset
 from .data.labels import TRAIN_CLASSES
 from .engine.builders import build_model, ensure_synthetic, load_weights
-from .engine.evaluator import evaluate
+from .engine.evaluator import collate_eval, evaluate
 from .engine.run import run_distill, run_train
 from .engine.trainer import autocast_context, resolve_device
 from .models import count_parameters
@@ -77,7 +77,7 @@ def run_quickstart(
     assert apd_cfg.teacher is not None
     teacher = build_model(apd_cfg.teacher).to(device)
     val_set = build_dataset("cityscapes", data_root, apd_cfg.data.val_split)
-    loader = torch.utils.data.DataLoader(val_set, batch_size=apd_cfg.eval.batch_size)
+    loader = torch.utils.data.DataLoader(val_set, batch_size=apd_cfg.eval.batch_size, collate_fn=collate_eval)
     console.print(f"evaluating the shipped teacher ({apd_cfg.teacher.weights}) on {len(val_set)} val images")
     with autocast_context(device, apd_cfg.train.amp):
         teacher_metrics = evaluate(teacher, loader, apd_cfg.model.num_classes, device)

@@ -17,6 +17,7 @@ from ..data.transforms import seed_worker, train_transform
 from ..errors import UserError
 from ..models import build_segmentor
 from .checkpoint import load_model_weights, load_weights_file
+from .evaluator import collate_eval
 
 
 def ensure_synthetic(root: str | Path, console: Console | None = None) -> None:
@@ -83,7 +84,11 @@ def build_loaders(
     )
     val_indices = list(range(rank, len(val), world_size))
     val_loader = DataLoader(
-        val, batch_size=config.eval.batch_size, sampler=val_indices, shuffle=False, num_workers=data.workers
+        val,
+        batch_size=config.eval.batch_size,
+        sampler=val_indices,
+        num_workers=data.workers,
+        collate_fn=collate_eval,
     )
     return train_loader, val_loader
 

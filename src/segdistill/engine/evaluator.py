@@ -35,16 +35,38 @@ def evaluate(
     matrix = ConfusionMatrix(num_classes, ignore_index, device=device)
     try:
         for batch in loader:
-            images = batch["image"].to(device, non_blocking=True)
-            labels = batch["label"].to(device, non_blocking=True)
-            scores = predict(model, images, mode=mode, window=window, stride=stride, scales=scales, flip=flip)
-            prediction = scores.argmax(dim=1)
-            matrix.update(prediction, labels)
-            if on_prediction is not None:
-                on_prediction(list(batch["name"]), prediction)
-            if on_batch is not None:
-                on_batch(images.shape[0])
+            for images, labels, names in _same_size_groups(batch):
+                images = images.to(device, non_blocking=True)
+                labels = labels.to(device, non_blocking=True)
+                scores = predict(model, images, mode=mode, window=window, stride=stride, scales=scales, flip=flip)
+                prediction = scores.argmax(dim=1)
+                matrix.update(prediction, labels)
+                if on_prediction is not None:
+                    on_prediction(names, prediction)
+                if on_batch is not None:
+                    on_batch(images.shape[0])
     finally:
         model.train(was_training)
     matrix.all_reduce()
     return matrix.compute()
+
+
+def _same_size_groups(batch: dict):
+    """``(images B x 3 x H x W, labels B x H x W, names)``: the batch itself, or, from
+    :func:`collate_eval` with images of different sizes, one image at a time."""
+    names = list(batch.get("name", [""] * len(batch["image"])))
+    if isinstance(batch["image"], torch.Tensor):
+        yield batch["image"], batch["label"], names
+        return
+    for image, label, name in zip(batch["image"], batch["label"], names):
+        yield image[None], label[None], [name]
+
+
+def collate_eval(samples: list[dict]) -> dict:
+    """The default collation when every image has the same size; lists otherwise (ADE20K, PASCAL
+    images vary), so that ``eval.batch_size`` never fails and never changes a result."""
+    from torch.utils.data import default_collate
+
+    if len({tuple(s["image"].shape) for s in samples}) == 1:
+        return default_collate(samples)
+    return {key: [s[key] for s in samples] for key in samples[0]}

@@ -14,7 +14,7 @@ from ..models import count_parameters
 from ..report.profile import count_flops
 from .builders import build_datasets, build_loaders, build_model, load_weights, write_summary
 from .checkpoint import prepare_run_dir
-from .evaluator import evaluate
+from .evaluator import collate_eval, evaluate
 from .task import SupervisedTask
 from .trainer import Trainer, autocast_context, resolve_device, seed_everything
 
@@ -117,7 +117,9 @@ def run_eval(
         ensure_synthetic(config.data.root, console)
     dataset = build_dataset(dataset_name(config.data), config.data.root, split or config.data.val_split)
     check_class_count(config)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=config.eval.batch_size, num_workers=config.data.workers)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=config.eval.batch_size, num_workers=config.data.workers, collate_fn=collate_eval
+    )
     model = build_model(config.model)
     load_weights(model, checkpoint)
     model.to(device)
