@@ -46,3 +46,19 @@ def test_output_logits_accepts_common_output_types():
     assert output_logits((t, t)) is t
     with pytest.raises(ValueError):
         output_logits({"logits": t})
+
+
+def test_base_size_resizes_the_long_side_first():
+    """``base_size`` B with scale s equals a plain scale of B * s / long side; scores at input size."""
+    from segdistill.engine.inference import predict
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.AvgPool2d(2), torch.nn.Upsample(scale_factor=2)
+    )
+    images = torch.randn(2, 3, 32, 48)
+    same = predict(net, images, base_size=48)
+    assert torch.allclose(same, predict(net, images, scales=(1.0,), flip=False).softmax(1), atol=1e-6)
+    half = predict(net, images, base_size=48, scales=(0.5, 1.0), flip=True)
+    assert torch.allclose(half, predict(net, images, scales=(0.5, 1.0), flip=True), atol=1e-6)
+    assert predict(net, images, base_size=24).shape == (2, 4, 32, 48)

@@ -78,6 +78,7 @@ class EvalConfig:
     stride: list[int] | None = None  # slide stride; defaults to 2/3 of the window
     scales: list[float] = field(default_factory=lambda: [1.0])
     flip: bool = False
+    base_size: int | None = None  # resize the long side to base_size x scale first (PSPNet-style test)
     batch_size: int = 8
 
 

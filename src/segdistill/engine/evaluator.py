@@ -23,6 +23,7 @@ def evaluate(
     stride: Sequence[int] | None = None,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
+    base_size: int | None = None,
     ignore_index: int = 255,
     on_batch: Callable[[int], None] | None = None,
     on_prediction: Callable[[list[str], torch.Tensor], None] | None = None,
@@ -38,7 +39,16 @@ def evaluate(
             for images, labels, names in _same_size_groups(batch):
                 images = images.to(device, non_blocking=True)
                 labels = labels.to(device, non_blocking=True)
-                scores = predict(model, images, mode=mode, window=window, stride=stride, scales=scales, flip=flip)
+                scores = predict(
+                    model,
+                    images,
+                    mode=mode,
+                    window=window,
+                    stride=stride,
+                    scales=scales,
+                    flip=flip,
+                    base_size=base_size,
+                )
                 prediction = scores.argmax(dim=1)
                 matrix.update(prediction, labels)
                 if on_prediction is not None:

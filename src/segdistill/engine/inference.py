@@ -72,8 +72,12 @@ def predict(
     stride: Sequence[int] | None = None,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
+    base_size: int | None = None,
 ) -> torch.Tensor:
-    """Scores ``B x K x H x W`` for normalised images ``B x 3 x H x W`` under the chosen protocol."""
+    """Scores ``B x K x H x W`` for normalised images ``B x 3 x H x W`` under the chosen protocol.
+
+    Each scale ``s`` resizes the image by ``s`` (with ``base_size``: so that its long side is
+    ``base_size * s``, the PSPNet-style test protocol); scores come back at the input size."""
     if mode not in ("whole", "slide"):
         raise ValueError(f"unknown inference mode {mode!r}; use 'whole' or 'slide'")
     if mode == "slide" and (window is None or stride is None):
@@ -83,10 +87,11 @@ def predict(
         return forward_logits(model, x) if mode == "whole" else slide_logits(model, x, window, stride)
 
     size = images.shape[-2:]
-    if list(scales) == [1.0] and not flip:
+    if list(scales) == [1.0] and not flip and not base_size:
         return run(images)
     scores: torch.Tensor | None = None
-    for scale in scales:
+    base = base_size / max(size) if base_size else 1.0
+    for scale in [s * base for s in scales]:
         scaled = images
         if scale != 1.0:
             new_size = (int(round(size[0] * scale)), int(round(size[1] * scale)))

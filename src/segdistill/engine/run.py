@@ -139,6 +139,7 @@ def run_eval(
             stride=stride,
             scales=cfg.scales,
             flip=cfg.flip,
+            base_size=cfg.base_size,
             on_prediction=writer,
         )
     metrics["seconds"] = time.perf_counter() - start

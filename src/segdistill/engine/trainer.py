@@ -410,6 +410,7 @@ class Trainer:
                 stride=stride,
                 scales=cfg.scales,
                 flip=cfg.flip,
+                base_size=cfg.base_size,
             )
 
     def fit(self, resume: bool = False) -> dict:
