@@ -121,3 +121,29 @@ def test_methods_combine_with_per_method_weights():
     assert losses["kd"].reduction == "pixel" and not losses["kd"].upsample and weights["kd"] == 1.0
     losses, _ = build_methods(["apd", "kd"], ctx, {"kd": {"temperature": 4.0}}, {})
     assert isinstance(losses["kd"], KDLoss) and losses["kd"].temperature == 4.0  # explicit kd wins
+
+
+RELEASE = {  # the APD release's recipe per dataset: classes, batch, iterations, backbone lr
+    "ade20k": (150, 8, 252625, 0.005),
+    "pascal_context": (60, 12, 41650, 0.00075),
+}
+
+
+@pytest.mark.parametrize("dataset", list(RELEASE))
+@pytest.mark.parametrize("name", ["pspnet_r101_teacher", "pspnet_r18_student", "apd"])
+def test_ade20k_and_context_recipes(dataset, name):
+    """Crop 473, the release's batch, epochs and lr, and its test protocol (long side 512, slide, flip);
+    the APD distiller builds for the dataset's class count."""
+    classes, batch, iters, lr = RELEASE[dataset]
+    cfg = load_config(ROOT / f"configs/{dataset}/{name}.yaml")
+    assert cfg.data.dataset == dataset and cfg.data.crop_size == [473, 473] and cfg.data.batch_size == batch
+    assert cfg.model.num_classes == classes and cfg.train.iters == iters and cfg.train.lr == lr
+    assert cfg.eval.base_size == 512 and cfg.eval.mode == "slide" and cfg.eval.stride == [316, 316] and cfg.eval.flip
+    if name == "apd":
+        overrides = ["model.pretrained=false", "data.crop_size=[64,64]", "teacher.weights=null"]
+        cfg = load_config(ROOT / f"configs/{dataset}/{name}.yaml", overrides)
+        assert cfg.teacher.num_classes == classes
+        student, teacher = build_model(cfg.model), build_model(cfg.teacher)
+        distiller = build_distiller(cfg, student, teacher, torch.device("cpu")).train()
+        out = distiller(torch.randn(2, 3, 64, 64), torch.randint(0, classes, (2, 64, 64)))
+        assert out.logits.shape[1] == classes and torch.isfinite(out.total)
