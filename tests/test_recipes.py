@@ -147,3 +147,18 @@ def test_ade20k_and_context_recipes(dataset, name):
         distiller = build_distiller(cfg, student, teacher, torch.device("cpu")).train()
         out = distiller(torch.randn(2, 3, 64, 64), torch.randint(0, classes, (2, 64, 64)))
         assert out.logits.shape[1] == classes and torch.isfinite(out.total)
+
+
+@pytest.mark.parametrize("name", ["apd_deeplabv3_r18", "apd_pspnet_mbv2", "apd_pspnet_effb0"])
+def test_other_cityscapes_students_distil_with_apd(name):
+    """DeepLabV3 and MobileNetV2 / EfficientNet students from the R101 teacher: the default taps fit
+    every head and APD trains a step."""
+    overrides = ["model.pretrained=false", "data.crop_size=[64,64]", "teacher.weights=null"]
+    cfg = load_config(ROOT / f"configs/cityscapes/{name}.yaml", overrides)
+    assert cfg.train.iters == 74375 and cfg.distill.methods == ["apd"] and cfg.teacher.backbone == "resnet101d"
+    student, teacher = build_model(cfg.model), build_model(cfg.teacher)
+    distiller = build_distiller(cfg, student, teacher, torch.device("cpu")).train()
+    out = distiller(torch.randn(2, 3, 64, 64), torch.randint(0, 19, (2, 64, 64)))
+    assert {"apd_kl", "apd_align", "kd"} <= set(out.losses) and torch.isfinite(out.total)
+    out.total.backward()
+    assert all(p.grad is None for p in teacher.parameters())
