@@ -116,13 +116,16 @@ def test_checkpoint_from_another_model_is_refused(tiny_overrides, tmp_path, caps
             "eval",
             "configs/synthetic/student.yaml",
             *tiny_overrides,
-            "model.num_classes=7",
+            "model.head_channels=24",  # another width
             "--checkpoint",
             str(ckpt),
         ]
     )
     err = capsys.readouterr().err
     assert code == 2 and "do not fit this model" in err
+    code = main(["eval", "configs/synthetic/student.yaml", *tiny_overrides, "model.num_classes=7", "--checkpoint", "x"])
+    err = capsys.readouterr().err
+    assert code == 2 and "model.num_classes is 7 but data.dataset=synthetic has 19 classes" in err
 
 
 def tiny_teacher(tiny_overrides, tmp_path):
@@ -172,19 +175,23 @@ def test_distill_config_errors(tiny_overrides, tmp_path, capsys):
 
 
 def test_teacher_with_another_class_count_is_refused(tiny_overrides, tmp_path, capsys):
-    teacher = tiny_teacher(tiny_overrides, tmp_path)
-    code = main(
-        [
-            "distill",
-            "configs/synthetic/apd.yaml",
-            *tiny_overrides,
-            *teacher,
-            "model.num_classes=7",
-            "teacher.num_classes=7",
-            "name=k7",
-        ]
-    )
-    assert code == 2 and "do not fit this model" in capsys.readouterr().err
+    """A teacher checkpoint trained for 7 classes, given to a 19-class distillation."""
+    from segdistill.models import build_segmentor
+
+    teacher = build_segmentor("pspnet", "mobilenetv2_100", 7, head_channels=24, ppm_channels=8)
+    path = tmp_path / "teacher7.pt"
+    torch.save({"model": teacher.state_dict()}, path)
+    overrides = [
+        "teacher.backbone=mobilenetv2_100",
+        "teacher.backbone_kwargs={}",
+        "teacher.head_channels=24",
+        "teacher.ppm_channels=8",
+        f"teacher.weights={path}",
+        "distill.options.apd.adapter_channels=16",
+    ]
+    code = main(["distill", "configs/synthetic/apd.yaml", *tiny_overrides, *overrides, "name=k7"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"weights in {path} do not fit this model" in err and "(7," in err
 
 
 def test_bad_file_read_in_a_dataloader_worker_is_named(tiny_overrides, tiny_data, tmp_path, capsys):
