@@ -67,7 +67,7 @@ class TrainConfig:
     deterministic: bool = True
     amp: str = "none"  # none | bf16 (CPU or GPU) | fp16 (GPU, with a gradient scaler)
     channels_last: bool = False
-    sync_bn: bool = True  # under torchrun on GPUs: SyncBatchNorm (torch has no CPU SyncBatchNorm)
+    sync_bn: bool = True  # under torchrun: BatchNorm statistics over all ranks (SyncBatchNorm; an all-reduce BN on CPU)
     dist_timeout: float = 600.0  # seconds any collective may wait for the other processes
 
 

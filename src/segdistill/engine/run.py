@@ -52,8 +52,8 @@ def _run(config: Config, resume: bool, console: Console | None, make_task) -> di
             train_set, val_set = build_datasets(config, console)
         train_loader, val_loader = build_loaders(config, train_set, val_set, rank=info.rank, world_size=info.world_size)
         model = build_model(config.model)  # built first: the same init as the baseline's in a distillation
-        if info.enabled and device.type == "cuda" and config.train.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if info.enabled and config.train.sync_bn:
+            model = sync_batchnorm(model, device)
         model = model.to(device)
         if info.is_main:
             save_config(config, config.run_dir / "config.yaml")
@@ -71,6 +71,19 @@ def _run(config: Config, resume: bool, console: Console | None, make_task) -> di
         raise
     finally:
         shutdown()
+
+
+def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """BatchNorm statistics over all ranks: ``SyncBatchNorm`` on GPUs (timm's converter, which keeps
+    the activation of timm's ``BatchNormAct2d``); on CPU, where torch has none,
+    :func:`~segdistill.models.sync_bn.convert_all_reduce_batchnorm`."""
+    if device.type == "cuda":
+        from timm.layers import convert_sync_batchnorm
+
+        return convert_sync_batchnorm(model)
+    from ..models.sync_bn import convert_all_reduce_batchnorm
+
+    return convert_all_reduce_batchnorm(model)
 
 
 def finish_summary(
