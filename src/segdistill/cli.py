@@ -14,6 +14,7 @@ from rich.table import Table
 
 from .errors import UserError
 
+DEFAULT_BENCH_METHODS = ["baseline", "kd", "fitnet", "at", "skd", "ifvd", "cwd", "dist", "cirkd", "apd"]
 RESUME_HELP = "continue from the newest intact checkpoint in runs/<name>/checkpoints (start if there is none)"
 
 
@@ -85,6 +86,13 @@ def cmd_distill(args: argparse.Namespace, console: Console) -> int:
         return 0
     _print_metrics(console, f"{config.name}: val", summary["val"], _class_names(config))
     console.print(f"trained in {summary['train_seconds']:.0f} s; outputs in {config.run_dir}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, console: Console) -> int:
+    from .bench import run_bench
+
+    run_bench(args.config, args.methods, args.seeds, args.out, list(args.overrides), console=console)
     return 0
 
 
@@ -172,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. distill.methods=[apd]")
     dist.add_argument("--resume", action="store_true", help=RESUME_HELP)
     dist.set_defaults(func=cmd_distill)
+
+    bench = sub.add_parser("bench", help="methods side by side under one recipe over several seeds")
+    bench.add_argument("config", help="the recipe (teacher, student, data, schedule), e.g. configs/synthetic/apd.yaml")
+    bench.add_argument("overrides", nargs="*", help="key=value overrides for every run")
+    bench.add_argument("--methods", nargs="+", default=DEFAULT_BENCH_METHODS)
+    bench.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    bench.add_argument("--out", default="runs/bench")
+    bench.set_defaults(func=cmd_bench)
 
     quick = sub.add_parser("quickstart", help="the main job: teacher, student baseline and APD student")
     quick.add_argument("--out", default="runs/quickstart")

@@ -1,0 +1,262 @@
+"""``segdistill bench``: methods side by side under one recipe over several seeds.
+
+Every run uses the same teacher, student, data, schedule and evaluation as the recipe given: a
+method's own recipe next to it (``<dir>/<method>.yaml``, which carries the method's reference
+settings for that setup) is used only if those sections are identical, otherwise the run is refused
+naming the first difference; a method without its own recipe runs the given recipe with
+``distill.methods=[method]``. ``baseline`` is plain training of the same student.
+
+Resumable: a run whose ``summary.json`` exists and whose saved config equals the one it would run is
+reused; an interrupted run resumes from its last checkpoint. Writes ``results.csv`` (one row per run,
+per-class IoU included), ``results.md`` and ``teacher.json`` into the output folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .config import Config, config_to_dict, load_config
+from .errors import UserError
+
+DEFAULT_METHODS = ["baseline", "kd", "fitnet", "at", "skd", "ifvd", "cwd", "dist", "cirkd", "apd"]
+SHARED_SECTIONS = ("data", "model", "train", "eval")  # + teacher for distillations
+
+
+@dataclass
+class Run:
+    method: str
+    seed: int
+    config: Config
+    source: Path
+
+
+def method_config(recipe: Path, method: str, seed: int, out: Path, overrides: list[str]) -> Run:
+    """The config of one run, checked against ``recipe`` for identical teacher/student/data/schedule."""
+    own = [f"seed={seed}", f"name={method}_seed{seed}", f"out_dir={out}"]
+    base = load_config(recipe, [*overrides, *own])
+    sibling = recipe.parent / f"{'student' if method == 'baseline' else method}.yaml"
+    if sibling.is_file():
+        config, source = load_config(sibling, [*overrides, *own]), sibling
+    elif method == "baseline":
+        config, source = base, recipe
+    else:
+        extra = [f"distill.methods=[{method}]", "distill.options={}", "distill.weights={}"]
+        config, source = load_config(recipe, [*overrides, *extra, *own]), recipe
+    a, b = config_to_dict(base), config_to_dict(config)
+    sections = SHARED_SECTIONS + (() if method == "baseline" else ("teacher",))
+    for section in sections:
+        for key in sorted(set(a[section] or {}) | set(b[section] or {})):
+            left, right = (a[section] or {}).get(key), (b[section] or {}).get(key)
+            if left != right:
+                raise UserError(
+                    f"{source} differs from {recipe} in {section}.{key} ({right!r} vs {left!r}); "
+                    "a fair comparison needs the same teacher, student, data, schedule and evaluation"
+                )
+    return Run(method, seed, config, source)
+
+
+def _finished(run: Run) -> dict | None:
+    summary = run.config.run_dir / "summary.json"
+    saved = run.config.run_dir / "config.yaml"
+    if not (summary.is_file() and saved.is_file()):
+        return None
+    if yaml.safe_load(saved.read_text()) != config_to_dict(run.config):
+        return None
+    return json.loads(summary.read_text())
+
+
+def _execute(run: Run, console: Console) -> dict:
+    from .engine.run import run_distill, run_train
+
+    done = _finished(run)
+    if done is not None:
+        return done
+    if run.method == "baseline":
+        return run_train(run.config, resume=True, console=console)
+    return run_distill(run.config, resume=True, console=console)
+
+
+def evaluate_teacher(config: Config, out: Path, console: Console) -> dict:
+    """The teacher's val metrics under the recipe's evaluation protocol (cached in ``teacher.json``)."""
+    import torch
+
+    from .engine.builders import build_datasets, build_model
+    from .engine.evaluator import collate_eval, evaluate
+    from .engine.trainer import autocast_context, resolve_device
+
+    path = out / "teacher.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    assert config.teacher is not None
+    device = resolve_device(config.train.device)
+    _, val = build_datasets(config, console)
+    loader = torch.utils.data.DataLoader(val, batch_size=config.eval.batch_size, collate_fn=collate_eval)
+    teacher = build_model(config.teacher).to(device)
+    cfg = config.eval
+    window = cfg.crop_size or config.data.crop_size
+    stride = cfg.stride or [max(1, (2 * w) // 3) for w in window]
+    with torch.no_grad(), autocast_context(device, config.train.amp):
+        metrics = evaluate(
+            teacher,
+            loader,
+            config.model.num_classes,
+            device,
+            mode=cfg.mode,
+            window=window,
+            stride=stride,
+            scales=cfg.scales,
+            flip=cfg.flip,
+            base_size=cfg.base_size,
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"weights": config.teacher.weights, "val": metrics}, indent=2))
+    return {"weights": config.teacher.weights, "val": metrics}
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarise(results: dict[str, list[dict]], seeds: list[int], teacher_miou: float | None, names: list[str]) -> dict:
+    """Per method: mIoU mean/sd, per-seed values, gain over the baseline (mean ± sd of per-seed
+    gains), share of the teacher-student gap closed, per-class mean IoU, seconds per iteration."""
+    rows = {}
+    base = results.get("baseline")
+    base_mean = statistics.fmean(r["val"]["mIoU"] for r in base) if base else None
+    base_time = statistics.fmean(r["val"]["train_seconds"] / r["iters"] for r in base) if base else None
+    for method, runs in results.items():
+        mious = [r["val"]["mIoU"] for r in runs]
+        mean, sd = _mean_sd(mious)
+        row = {"mIoU": mean, "sd": sd, "per_seed": mious}
+        if base and method != "baseline":
+            gains = [r["val"]["mIoU"] - b["val"]["mIoU"] for r, b in zip(runs, base)]
+            row["gain"], row["gain_sd"] = _mean_sd(gains)
+            if teacher_miou is not None and teacher_miou != base_mean:
+                row["gap_closed"] = (mean - base_mean) / (teacher_miou - base_mean)
+        per_class = []
+        for c in range(len(names)):
+            values = [r["val"]["iou"][c] for r in runs if r["val"]["iou"][c] is not None]
+            per_class.append(statistics.fmean(values) if values else None)
+        row["per_class"] = per_class
+        row["s_per_it"] = statistics.fmean(r["val"]["train_seconds"] / r["iters"] for r in runs)
+        if base_time:
+            row["time_ratio"] = row["s_per_it"] / base_time
+        rows[method] = row
+    return rows
+
+
+def _pct(x: float | None, signed: bool = False) -> str:
+    if x is None:
+        return "-"
+    return f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}"
+
+
+def write_results(
+    out: Path, rows: dict, results: dict, seeds: list[int], teacher: dict | None, names: list[str]
+) -> str:
+    """``results.csv`` (one row per run) and ``results.md``; returns the markdown."""
+    with open(out / "results.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["method", "seed", "mIoU", "pixel_acc", "train_seconds", "iters", *names])
+        for method, runs in results.items():
+            for seed, r in zip(seeds, runs):
+                iou = ["" if v is None else f"{v:.6f}" for v in r["val"]["iou"]]
+                writer.writerow([method, seed, f"{r['val']['mIoU']:.6f}", f"{r['val']['pixel_acc']:.6f}",
+                                 f"{r['val']['train_seconds']:.2f}", r["iters"], *iou])  # fmt: skip
+    teacher_miou = teacher["val"]["mIoU"] if teacher else None
+    lines = [
+        f"seeds {seeds}; val mIoU (%), mean ± s.d. over seeds; gain = mean ± s.d. of the per-seed gains over "
+        f"the baseline; gap closed = gain / (teacher - baseline); s/it = training seconds per iteration "
+        f"(final evaluation included)" + (f"; teacher {_pct(teacher_miou)}" if teacher else ""),
+        "",
+        "| method | mIoU | per seed | gain | gap closed | s/it | time vs baseline |",
+        "|---|---|---|---|---:|---:|---:|",
+    ]
+    for method, row in rows.items():
+        gain = f"{_pct(row['gain'], True)} ± {_pct(row['gain_sd'])}" if "gain" in row else "-"
+        gap = f"{100 * row['gap_closed']:.1f} %" if "gap_closed" in row else "-"
+        ratio = f"x{row['time_ratio']:.2f}" if "time_ratio" in row else "-"
+        seeds_text = " / ".join(_pct(v) for v in row["per_seed"])
+        lines.append(
+            f"| {method} | {_pct(row['mIoU'])} ± {_pct(row['sd'])} | {seeds_text} | {gain} | {gap} | "
+            f"{row['s_per_it']:.3f} | {ratio} |"
+        )
+    lines += ["", "Per-class IoU (%), mean over seeds:", ""]
+    lines.append("| class | " + " | ".join(rows) + " |")
+    lines.append("|---|" + "---:|" * len(rows))
+    for c, name in enumerate(names):
+        cells = [_pct(row["per_class"][c]) for row in rows.values()]
+        if all(cell == "-" for cell in cells):
+            continue
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    (out / "results.md").write_text(text)
+    return text
+
+
+def run_bench(
+    recipe: str,
+    methods: list[str],
+    seeds: list[int],
+    out: str,
+    overrides: list[str],
+    console: Console | None = None,
+) -> dict:
+    from .data.datasets import class_names
+    from .engine.builders import dataset_name
+
+    console = console or Console(stderr=True)
+    recipe_path, out_dir = Path(recipe), Path(out)
+    if not recipe_path.is_file():
+        raise UserError(f"config file not found: {recipe_path}")
+    if "baseline" in methods and methods[0] != "baseline":
+        methods = ["baseline", *[m for m in methods if m != "baseline"]]
+    runs = [method_config(recipe_path, m, s, out_dir, overrides) for s in seeds for m in methods]  # checked first
+    base = load_config(recipe_path, overrides)
+    names = class_names(dataset_name(base.data))
+    start = time.perf_counter()
+    teacher = evaluate_teacher(base, out_dir, console) if base.teacher is not None and base.teacher.weights else None
+    quiet = Console(stderr=True, quiet=True)
+    results: dict[str, list[dict]] = {m: [] for m in methods}
+    progress = Progress(
+        TextColumn("[bold]bench"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} runs"),
+        TextColumn("{task.fields[current]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
+    with progress:
+        bar = progress.add_task("bench", total=len(runs), current="")
+        for i, run in enumerate(runs):
+            reused = _finished(run) is not None
+            progress.update(bar, current=f"{run.config.name}{' (reused)' if reused else ''}")
+            if not console.is_terminal:
+                console.print(
+                    f"bench run {i + 1}/{len(runs)}: {run.config.name} ({run.source}){' reused' if reused else ''}"
+                )
+            results[run.method].append(_execute(run, quiet))
+            progress.update(bar, advance=1)
+    rows = summarise(results, seeds, teacher["val"]["mIoU"] if teacher else None, names)
+    text = write_results(out_dir, rows, results, seeds, teacher, names)
+    table = Table(title=f"bench: {recipe} (seeds {seeds})")
+    for column in ("method", "mIoU", "gain", "gap closed", "s/it"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for method, row in rows.items():
+        gain = f"{_pct(row['gain'], True)} ± {_pct(row['gain_sd'])}" if "gain" in row else "-"
+        gap = f"{100 * row['gap_closed']:.1f} %" if "gap_closed" in row else "-"
+        table.add_row(method, f"{_pct(row['mIoU'])} ± {_pct(row['sd'])}", gain, gap, f"{row['s_per_it']:.3f}")
+    console.print(table)
+    console.print(f"{len(runs)} runs in {time.perf_counter() - start:.0f} s; results in {out_dir / 'results.md'}")
+    return {"rows": rows, "markdown": text, "teacher": teacher}

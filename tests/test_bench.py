@@ -1,0 +1,54 @@
+"""``segdistill bench``: a resumable methods x seeds grid under one recipe, with its results files."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+from segdistill.cli import main
+
+
+def tiny_teacher(tiny_overrides, tmp_path) -> list[str]:
+    assert main(["train", "configs/synthetic/student.yaml", *tiny_overrides, "name=t", "model.head_channels=24"]) == 0
+    return [
+        "teacher.backbone=mobilenetv2_100",
+        "teacher.backbone_kwargs={}",
+        "teacher.head_channels=24",
+        "teacher.ppm_channels=8",
+        f"teacher.weights={tmp_path / 'runs/t/checkpoints/last.pt'}",
+    ]
+
+
+def test_bench_grid_results_and_reuse(tiny_overrides, tmp_path, capsys):
+    teacher = tiny_teacher(tiny_overrides, tmp_path)
+    out = tmp_path / "bench"
+    args = ["bench", "configs/synthetic/apd.yaml", *tiny_overrides, *teacher]
+    args += ["--methods", "apd", "kd", "baseline", "--seeds", "0", "1", "--out", str(out)]
+    assert main(args) == 0
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [(r["method"], r["seed"]) for r in rows] == [
+        ("baseline", "0"),
+        ("baseline", "1"),
+        ("apd", "0"),
+        ("apd", "1"),
+        ("kd", "0"),
+        ("kd", "1"),
+    ]
+    assert all(0.0 <= float(r["mIoU"]) <= 1.0 and "road" in r for r in rows)
+    text = (out / "results.md").read_text()
+    assert "gap closed" in text and "| apd |" in text and "Per-class IoU" in text and (out / "teacher.json").exists()
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/summary.json")}
+    capsys.readouterr()
+    assert main(args) == 0  # everything reused
+    assert capsys.readouterr().err.count("reused") == 6
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.glob("*/summary.json")}
+
+
+def test_bench_refuses_a_method_recipe_with_another_schedule(tiny_overrides, tmp_path, capsys):
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    shutil.copy("configs/synthetic/apd.yaml", recipes / "apd.yaml")
+    (recipes / "kd.yaml").write_text(open("configs/synthetic/kd.yaml").read().replace("lr: 0.02", "lr: 0.05"))
+    code = main(["bench", str(recipes / "apd.yaml"), *tiny_overrides, "--methods", "kd", "--seeds", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "kd.yaml differs from" in err[-1] and "train.lr (0.05 vs 0.02)" in err[-1]
