@@ -136,19 +136,28 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_export(args: argparse.Namespace, console: Console) -> int:
-    from .export import export_safetensors
+    from .export import export_onnx, export_safetensors
 
-    if not args.safetensors:
-        raise UserError("nothing to export: pass --safetensors OUT")
-    info = export_safetensors(
-        args.checkpoint,
-        args.safetensors,
-        half=args.half,
-        drop_aux=args.no_aux,
-        name=args.name,
-        command=args.command_note,
-    )
-    console.print(f"wrote {args.safetensors} ({info['bytes'] / 1e6:.2f} MB, sha256 {info['sha256']})")
+    if not args.safetensors and not args.onnx:
+        raise UserError("nothing to export: pass --safetensors OUT and/or --onnx OUT")
+    if args.safetensors:
+        info = export_safetensors(
+            args.checkpoint,
+            args.safetensors,
+            half=args.half,
+            drop_aux=args.no_aux,
+            name=args.name,
+            command=args.command_note,
+        )
+        console.print(f"wrote {args.safetensors} ({info['bytes'] / 1e6:.2f} MB, sha256 {info['sha256']})")
+    if args.onnx:
+        info = export_onnx(args.checkpoint, args.onnx, tuple(args.size) if args.size else None)
+        check = (
+            "onnxruntime is not installed: output not checked"
+            if info["max_abs_diff"] is None
+            else f"onnxruntime vs PyTorch max |diff| {info['max_abs_diff']:.2e}"
+        )
+        console.print(f"wrote {args.onnx} ({info['bytes'] / 1e6:.2f} MB); {check}")
     return 0
 
 
@@ -216,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="export a checkpoint's model weights")
     ex.add_argument("checkpoint")
     ex.add_argument("--safetensors", help="output .safetensors path")
+    ex.add_argument("--onnx", help="output .onnx path (input 'image' B x 3 x H x W, output 'logits')")
+    ex.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="ONNX input size (default: the crop size)")
     ex.add_argument("--half", action="store_true", help="store float16 weights")
     ex.add_argument("--no-aux", action="store_true", help="drop the auxiliary head (training-only)")
     ex.add_argument("--name", help="register the file under this name in the manifest beside it")

@@ -1,9 +1,12 @@
-"""Export trained weights (safetensors), optionally registering them as shipped weights."""
+"""Export trained weights (safetensors, optionally registered as shipped weights) and models (ONNX)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import torch
+from torch import nn
 
 from .engine.checkpoint import load_checkpoint, sha256
 from .errors import UserError
@@ -61,4 +64,65 @@ def export_safetensors(
             "command": command,
         }
         manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return info
+
+
+class _LogitsOnly(nn.Module):
+    """The segmentor's main logits as the single output (``B x K x H x W``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        from .engine.inference import output_logits
+
+        return output_logits(self.model(image))
+
+
+def export_onnx(checkpoint: str | Path, out: str | Path, size: tuple[int, int] | None = None) -> dict:
+    """Write the model of a training checkpoint as ONNX (input ``image``: ``B x 3 x H x W`` normalised,
+    dynamic batch; output ``logits``: ``B x K x H x W``) with torch's dynamo exporter, then, when
+    onnxruntime is installed, compare its output with PyTorch's on a random input.
+
+    Returns ``{"bytes", "max_abs_diff"}`` (``max_abs_diff`` is None without onnxruntime)."""
+    from .config import ModelConfig, _build
+    from .engine.builders import build_model
+
+    state = load_checkpoint(checkpoint)
+    if "model" not in state or "config" not in state:
+        raise UserError(f"{checkpoint} is not a segdistill training checkpoint (no 'model'/'config' entry)")
+    model_cfg = _build(ModelConfig, {**state["config"]["model"], "weights": None, "pretrained": False}, "model.")
+    model = build_model(model_cfg)
+    model.load_state_dict(state["model"])
+    wrapped = _LogitsOnly(model).eval()
+    height, width = size or tuple(state["config"]["data"]["crop_size"])
+    example = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        program = torch.onnx.export(
+            wrapped,
+            (example,),
+            input_names=["image"],
+            output_names=["logits"],
+            dynamo=True,
+            dynamic_shapes={"image": {0: torch.export.Dim("batch")}},
+            verbose=False,
+        )
+    except ImportError as exc:
+        raise UserError(f"ONNX export needs the onnx extras: pip install 'segdistill[onnx]' ({exc})") from exc
+    program.save(str(tmp))
+    tmp.replace(out)
+    info: dict = {"bytes": out.stat().st_size, "max_abs_diff": None}
+    try:
+        import onnxruntime
+    except ImportError:
+        return info
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = wrapped(example).numpy()
+    got = session.run(None, {"image": example.numpy()})[0]
+    info["max_abs_diff"] = float(abs(got - expected).max())
     return info
