@@ -96,6 +96,41 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace, console: Console) -> int:
+    from .config import load_config
+    from .engine.builders import build_model
+    from .report.profile import profile_models
+
+    config = load_config(args.config, args.overrides)
+    size = tuple(args.size) if args.size else tuple(config.data.crop_size)
+    models = {"student": build_model(config.model)}
+    if config.teacher is not None:
+        models = {"teacher": build_model(config.teacher), **models}
+    rows = profile_models(models, size, args.runs)
+    table = Table(title=f"{args.config} at 1 x 3 x {size[0]} x {size[1]}")
+    for column in ("model", "parameters (M)", "GFLOPs", "CPU ms", "GPU ms", "FLOPs x student"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for name, row in rows.items():
+        gpu = f"{row['gpu_ms']:.1f}" if "gpu_ms" in row else "-"
+        ratio = row["flops"] / rows["student"]["flops"]
+        table.add_row(
+            name, f"{row['parameters'] / 1e6:.2f}", f"{row['flops'] / 1e9:.2f}", f"{row['cpu_ms']:.1f}", gpu,
+            f"{ratio:.2f}",
+        )  # fmt: skip
+    console.print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace, console: Console) -> int:
+    from .predict import predict_images
+
+    written = predict_images(args.checkpoint, args.images, args.out, alpha=args.alpha)
+    console.print(f"wrote {len(written)} files to {args.out}")
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace, console: Console) -> int:
     from .quickstart import run_quickstart
 
@@ -197,6 +232,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     bench.add_argument("--out", default="runs/bench")
     bench.set_defaults(func=cmd_bench)
+
+    prof = sub.add_parser("profile", help="parameters, FLOPs and latency of the teacher and the student")
+    prof.add_argument("config")
+    prof.add_argument("overrides", nargs="*")
+    prof.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="input size (default: the crop size)")
+    prof.add_argument("--runs", type=int, default=10, help="timed forward passes (median)")
+    prof.add_argument("--json", help="also write the figures to this JSON file")
+    prof.set_defaults(func=cmd_profile)
+
+    pred = sub.add_parser("predict", help="colourised masks and overlays for images")
+    pred.add_argument("checkpoint", help="a segdistill training checkpoint (.pt)")
+    pred.add_argument("images", nargs="+")
+    pred.add_argument("--out", default="predictions")
+    pred.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the mask")
+    pred.set_defaults(func=cmd_predict)
 
     quick = sub.add_parser("quickstart", help="the main job: teacher, student baseline and APD student")
     quick.add_argument("--out", default="runs/quickstart")

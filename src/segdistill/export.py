@@ -86,17 +86,11 @@ def export_onnx(checkpoint: str | Path, out: str | Path, size: tuple[int, int] |
     onnxruntime is installed, compare its output with PyTorch's on a random input.
 
     Returns ``{"bytes", "max_abs_diff"}`` (``max_abs_diff`` is None without onnxruntime)."""
-    from .config import ModelConfig, _build
-    from .engine.builders import build_model
+    from .predict import model_from_checkpoint
 
-    state = load_checkpoint(checkpoint)
-    if "model" not in state or "config" not in state:
-        raise UserError(f"{checkpoint} is not a segdistill training checkpoint (no 'model'/'config' entry)")
-    model_cfg = _build(ModelConfig, {**state["config"]["model"], "weights": None, "pretrained": False}, "model.")
-    model = build_model(model_cfg)
-    model.load_state_dict(state["model"])
+    model, config = model_from_checkpoint(checkpoint)
     wrapped = _LogitsOnly(model).eval()
-    height, width = size or tuple(state["config"]["data"]["crop_size"])
+    height, width = size or tuple(config["data"]["crop_size"])
     example = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

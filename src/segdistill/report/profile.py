@@ -17,3 +17,48 @@ def count_flops(model: nn.Module, input_size: tuple[int, int], device: torch.dev
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())
+
+
+def latency_ms(
+    model: nn.Module, input_size: tuple[int, int], device: torch.device | str = "cpu", runs: int = 10
+) -> float:
+    """Median milliseconds of one eval-mode forward pass on a ``1 x 3 x H x W`` input (after a warm-up)."""
+    import statistics
+    import time
+
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    x = torch.randn(1, 3, *input_size, device=device)
+    times = []
+    try:
+        with torch.no_grad():
+            for i in range(runs + 1):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                start = time.perf_counter()
+                model(x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if i:  # the first pass is a warm-up
+                    times.append(time.perf_counter() - start)
+    finally:
+        model.train(was_training)
+    return 1000 * statistics.median(times)
+
+
+def profile_models(models: dict[str, nn.Module], input_size: tuple[int, int], runs: int = 10) -> dict[str, dict]:
+    """Parameters, FLOPs and latency (CPU; and GPU when one is present) of each model, side by side."""
+    rows = {}
+    for name, model in models.items():
+        row = {
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "flops": count_flops(model, input_size),
+            "cpu_ms": latency_ms(model, input_size, "cpu", runs),
+        }
+        if torch.cuda.is_available():
+            model.cuda()
+            row["gpu_ms"] = latency_ms(model, input_size, "cuda", runs)
+            model.cpu()
+        rows[name] = row
+    return rows
