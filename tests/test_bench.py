@@ -37,6 +37,8 @@ def test_bench_grid_results_and_reuse(tiny_overrides, tmp_path, capsys):
     assert all(0.0 <= float(r["mIoU"]) <= 1.0 and "road" in r for r in rows)
     text = (out / "results.md").read_text()
     assert "gap closed" in text and "| apd |" in text and "Per-class IoU" in text and (out / "teacher.json").exists()
+    for figure in ("curves", "per_class", "predictions", "tsne"):
+        assert (out / f"{figure}.png").stat().st_size > 1000, figure
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/summary.json")}
     capsys.readouterr()
     assert main(args) == 0  # everything reused

@@ -211,6 +211,7 @@ def run_bench(
     out: str,
     overrides: list[str],
     console: Console | None = None,
+    figures: bool = True,
 ) -> dict:
     from .data.datasets import class_names
     from .engine.builders import dataset_name
@@ -250,6 +251,8 @@ def run_bench(
             progress.update(bar, advance=1)
     rows = summarise(results, seeds, teacher["val"]["mIoU"] if teacher else None, names)
     text = write_results(out_dir, rows, results, seeds, teacher, names)
+    if figures:
+        make_figures(out_dir, runs, rows, names, base, console)
     table = Table(title=f"bench: {recipe} (seeds {seeds})")
     for column in ("method", "mIoU", "gain", "gap closed", "s/it"):
         table.add_column(column, justify="left" if column == "method" else "right")
@@ -260,3 +263,40 @@ def run_bench(
     console.print(table)
     console.print(f"{len(runs)} runs in {time.perf_counter() - start:.0f} s; results in {out_dir / 'results.md'}")
     return {"rows": rows, "markdown": text, "teacher": teacher}
+
+
+def make_figures(out: Path, runs: list[Run], rows: dict, names: list[str], base: Config, console: Console) -> None:
+    """``curves.png``, ``per_class.png``, ``predictions.png`` (teacher and each method's first-seed
+    student on 3 val images) and ``tsne.png`` (teacher, baseline and APD students' pixel features)."""
+    import torch
+
+    from .engine.builders import build_datasets, build_model
+    from .engine.checkpoint import load_checkpoint
+    from .report import bench_figures
+    from .report.figures import prediction_panel
+
+    by_method: dict[str, list[Path]] = {}
+    for run in runs:
+        by_method.setdefault(run.method, []).append(run.config.run_dir)
+    bench_figures.training_curves(by_method, out / "curves.png")
+    bench_figures.per_class_bars(rows, names, out / "per_class.png")
+    _, val = build_datasets(base, console)
+    samples = [val[i] for i in range(min(3, len(val)))]
+    students = {}
+    for method, dirs in by_method.items():
+        model = build_model(base.model)
+        model.load_state_dict(load_checkpoint(dirs[0] / "checkpoints" / "last.pt")["model"])
+        students[method] = model.eval()
+    teacher = {"teacher": build_model(base.teacher).eval()} if base.teacher is not None and base.teacher.weights else {}
+    with torch.no_grad():
+        prediction_panel({**teacher, **students}, samples, out / "predictions.png")
+    chosen = {**teacher, **{m: students[m] for m in ("baseline", "apd") if m in students}}
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        console.print("t-SNE figure skipped: scikit-learn is not installed (pip install scikit-learn)")
+        return
+    batch = [val[i] for i in range(min(4, len(val)))]
+    images = torch.stack([b["image"] for b in batch])
+    labels = torch.stack([b["label"] for b in batch])
+    bench_figures.tsne_figure(chosen, "head.dropout", images, labels, names, out / "tsne.png")

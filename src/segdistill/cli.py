@@ -92,7 +92,15 @@ def cmd_distill(args: argparse.Namespace, console: Console) -> int:
 def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     from .bench import run_bench
 
-    run_bench(args.config, args.methods, args.seeds, args.out, list(args.overrides), console=console)
+    run_bench(
+        args.config,
+        args.methods,
+        args.seeds,
+        args.out,
+        list(args.overrides),
+        console=console,
+        figures=not args.no_figures,
+    )
     return 0
 
 
@@ -231,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--methods", nargs="+", default=DEFAULT_BENCH_METHODS)
     bench.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     bench.add_argument("--out", default="runs/bench")
+    bench.add_argument("--no-figures", action="store_true", help="skip curves, per-class bars, predictions, t-SNE")
     bench.set_defaults(func=cmd_bench)
 
     prof = sub.add_parser("profile", help="parameters, FLOPs and latency of the teacher and the student")
