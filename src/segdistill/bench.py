@@ -91,7 +91,7 @@ def evaluate_teacher(config: Config, out: Path, console: Console) -> dict:
     import torch
 
     from .engine.builders import build_datasets, build_model
-    from .engine.evaluator import collate_eval, evaluate
+    from .engine.evaluator import collate_eval, evaluate, protocol
     from .engine.trainer import autocast_context, resolve_device
 
     path = out / "teacher.json"
@@ -102,22 +102,8 @@ def evaluate_teacher(config: Config, out: Path, console: Console) -> dict:
     _, val = build_datasets(config, console)
     loader = torch.utils.data.DataLoader(val, batch_size=config.eval.batch_size, collate_fn=collate_eval)
     teacher = build_model(config.teacher).to(device)
-    cfg = config.eval
-    window = cfg.crop_size or config.data.crop_size
-    stride = cfg.stride or [max(1, (2 * w) // 3) for w in window]
     with torch.no_grad(), autocast_context(device, config.train.amp):
-        metrics = evaluate(
-            teacher,
-            loader,
-            config.model.num_classes,
-            device,
-            mode=cfg.mode,
-            window=window,
-            stride=stride,
-            scales=cfg.scales,
-            flip=cfg.flip,
-            base_size=cfg.base_size,
-        )
+        metrics = evaluate(teacher, loader, config.model.num_classes, device, **protocol(config))
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"weights": config.teacher.weights, "val": metrics}, indent=2))
     return {"weights": config.teacher.weights, "val": metrics}

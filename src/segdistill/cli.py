@@ -114,12 +114,14 @@ def cmd_profile(args: argparse.Namespace, console: Console) -> int:
     models = {"student": build_model(config.model)}
     if config.teacher is not None:
         models = {"teacher": build_model(config.teacher), **models}
-    rows = profile_models(models, size, args.runs)
+    from .engine.trainer import resolve_device
+
+    rows = profile_models(models, size, args.runs, resolve_device(config.train.device))
     table = Table(title=f"{args.config} at 1 x 3 x {size[0]} x {size[1]}")
     for column in ("model", "parameters (M)", "GFLOPs", "CPU ms", "GPU ms", "FLOPs x student"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for name, row in rows.items():
-        gpu = f"{row['gpu_ms']:.1f}" if "gpu_ms" in row else "-"
+        gpu = f"{row['cuda_ms']:.1f}" if "cuda_ms" in row else "-"
         ratio = row["flops"] / rows["student"]["flops"]
         table.add_row(
             name, f"{row['parameters'] / 1e6:.2f}", f"{row['flops'] / 1e9:.2f}", f"{row['cpu_ms']:.1f}", gpu,

@@ -130,22 +130,29 @@ class CityscapesDataset(Dataset):
         return self._lut[np.clip(label, 0, 255)]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image_path = self.images[index]
-        image = load_image(image_path)
-        mask = self.load_train_ids(index)
-        if image.shape[:2] != mask.shape:
-            raise UserError(
-                f"image {image_path} is {image.shape[1]}x{image.shape[0]} (WxH) but its label "
-                f"{self.labels[index]} is {mask.shape[1]}x{mask.shape[0]}"
-            )
-        if self.transform is not None:
-            out = self.transform(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
-        return {
-            "image": normalize(image),
-            "label": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)),
-            "name": self._stem(image_path),
-        }
+        return make_sample(self.images[index], self.labels[index], self.load_train_ids(index), self.transform,
+                           self._stem(self.images[index]))  # fmt: skip
+
+
+def make_sample(
+    image_path: Path, label_path: Path, mask: np.ndarray, transform: Transform | None, name: str
+) -> dict[str, Any]:
+    """Read the image, check it matches its label ``mask`` (train ids, uint8 HxW), augment both,
+    normalise: ``{"image": float32 3xHxW, "label": int64 HxW, "name"}``."""
+    image = load_image(image_path)
+    if image.shape[:2] != mask.shape:
+        raise UserError(
+            f"image {image_path} is {image.shape[1]}x{image.shape[0]} (WxH) but its label "
+            f"{label_path} is {mask.shape[1]}x{mask.shape[0]}"
+        )
+    if transform is not None:
+        out = transform(image=image, mask=mask)
+        image, mask = out["image"], out["mask"]
+    return {
+        "image": normalize(image),
+        "label": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)),
+        "name": name,
+    }
 
 
 DATASETS: dict[str, type[Dataset]] = {"cityscapes": CityscapesDataset}

@@ -9,17 +9,16 @@ and mmsegmentation's dataset-preparation page, whose converted folders these rea
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from ..errors import UserError
 from .classes import ADE20K_CLASSES, CAMVID_CLASSES, PASCAL_CONTEXT_59_CLASSES, PASCAL_CONTEXT_60_CLASSES, VOC_CLASSES
-from .datasets import DATASETS, Transform, load_image, load_label
-from .transforms import normalize
+from .datasets import DATASETS, Transform, load_label, make_sample
 
 IGNORE = 255
 
@@ -34,7 +33,7 @@ def lookup_table(mapping: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
     return lut, valid
 
 
-class PairedFolderDataset(Dataset):
+class PairedFolderDataset(Dataset, ABC):
     """Images paired with single-channel label PNGs; subclasses list the pairs and the label table.
 
     Subclasses set ``name``, ``class_names``, ``layout`` (shown in errors) and ``label_mapping``
@@ -82,8 +81,9 @@ class PairedFolderDataset(Dataset):
             raise UserError(f"{self.name} split list not found: {path} (expected {self.root}/{self.layout})")
         return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
+    @abstractmethod
     def pairs(self, split: str) -> list[tuple[Path, Path]]:
-        raise NotImplementedError
+        """``(image, label)`` paths of ``split``, in a fixed order."""
 
     def __len__(self) -> int:
         return len(self.images)
@@ -116,22 +116,8 @@ class PairedFolderDataset(Dataset):
         return "valid " + ", ".join(runs)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image_path = self.images[index]
-        image = load_image(image_path)
-        mask = self.load_train_ids(index)
-        if image.shape[:2] != mask.shape:
-            raise UserError(
-                f"image {image_path} is {image.shape[1]}x{image.shape[0]} (WxH) but its label "
-                f"{self.labels[index]} is {mask.shape[1]}x{mask.shape[0]}"
-            )
-        if self.transform is not None:
-            out = self.transform(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
-        return {
-            "image": normalize(image),
-            "label": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)),
-            "name": image_path.stem,
-        }
+        image = self.images[index]
+        return make_sample(image, self.labels[index], self.load_train_ids(index), self.transform, image.stem)
 
 
 def _reduce_zero(num_classes: int) -> dict[int, int]:

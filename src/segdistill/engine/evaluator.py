@@ -80,3 +80,19 @@ def collate_eval(samples: list[dict]) -> dict:
     if len({tuple(s["image"].shape) for s in samples}) == 1:
         return default_collate(samples)
     return {key: [s[key] for s in samples] for key in samples[0]}
+
+
+def protocol(config) -> dict:
+    """``evaluate`` keyword arguments for ``config.eval``'s protocol (window defaults to the crop
+    size, stride to 2/3 of the window)."""
+    cfg = config.eval
+    window = cfg.crop_size or config.data.crop_size
+    stride = cfg.stride or [max(1, (2 * w) // 3) for w in window]
+    return {
+        "mode": cfg.mode,
+        "window": window,
+        "stride": stride,
+        "scales": cfg.scales,
+        "flip": cfg.flip,
+        "base_size": cfg.base_size,
+    }

@@ -14,7 +14,7 @@ from ..models import count_parameters
 from ..report.profile import count_flops
 from .builders import build_datasets, build_loaders, build_model, load_weights, write_summary
 from .checkpoint import prepare_run_dir
-from .evaluator import collate_eval, evaluate
+from .evaluator import collate_eval, evaluate, protocol
 from .task import SupervisedTask
 from .trainer import Trainer, autocast_context, resolve_device, seed_everything
 
@@ -136,25 +136,10 @@ def run_eval(
     model = build_model(config.model)
     load_weights(model, checkpoint)
     model.to(device)
-    cfg = config.eval
-    window = cfg.crop_size or config.data.crop_size
-    stride = cfg.stride or [max(1, (2 * w) // 3) for w in window]
     writer = PredictionWriter(predictions, prediction_format) if predictions else None
     start = time.perf_counter()
     with autocast_context(device, config.train.amp):  # the same precision as evaluation during training
-        metrics = evaluate(
-            model,
-            loader,
-            config.model.num_classes,
-            device,
-            mode=cfg.mode,
-            window=window,
-            stride=stride,
-            scales=cfg.scales,
-            flip=cfg.flip,
-            base_size=cfg.base_size,
-            on_prediction=writer,
-        )
+        metrics = evaluate(model, loader, config.model.num_classes, device, on_prediction=writer, **protocol(config))
     metrics["seconds"] = time.perf_counter() - start
     metrics["images"] = len(dataset)
     if writer is not None:

@@ -28,7 +28,7 @@ from .distributed import (
     broadcast_buffers,
     gather_objects,
 )
-from .evaluator import evaluate
+from .evaluator import evaluate, protocol
 from .task import StepOutput
 
 
@@ -396,22 +396,8 @@ class Trainer:
         """The student on the val split (each rank its shard; the confusion matrix is summed)."""
         assert self.val_loader is not None
         broadcast_buffers(self.model, self.dist)  # every rank evaluates rank 0's (the saved) weights
-        cfg = self.config.eval
-        window = cfg.crop_size or self.config.data.crop_size
-        stride = cfg.stride or [max(1, (2 * w) // 3) for w in window]
         with self.autocast():
-            return evaluate(
-                self.model,
-                self.val_loader,
-                self.num_classes,
-                self.device,
-                mode=cfg.mode,
-                window=window,
-                stride=stride,
-                scales=cfg.scales,
-                flip=cfg.flip,
-                base_size=cfg.base_size,
-            )
+            return evaluate(self.model, self.val_loader, self.num_classes, self.device, **protocol(self.config))
 
     def fit(self, resume: bool = False) -> dict:
         """Train to ``config.train.iters`` (continuing from the newest checkpoint when ``resume``);

@@ -61,17 +61,18 @@ class _AllReduceSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        out = tensor.clone()
-        if _world_size() > 1:
-            dist.all_reduce(out)
-        return out
+        return _sum_over_ranks(tensor)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone()
-        if _world_size() > 1:
-            dist.all_reduce(grad)
-        return grad
+        return _sum_over_ranks(grad)
+
+
+def _sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    out = tensor.clone()
+    if _world_size() > 1:
+        dist.all_reduce(out)
+    return out
 
 
 _CONVERTED: dict[type, type] = {}

@@ -47,8 +47,11 @@ def latency_ms(
     return 1000 * statistics.median(times)
 
 
-def profile_models(models: dict[str, nn.Module], input_size: tuple[int, int], runs: int = 10) -> dict[str, dict]:
-    """Parameters, FLOPs and latency (CPU; and GPU when one is present) of each model, side by side."""
+def profile_models(
+    models: dict[str, nn.Module], input_size: tuple[int, int], runs: int = 10, device: torch.device | None = None
+) -> dict[str, dict]:
+    """Parameters, FLOPs and CPU latency of each model, side by side, plus the latency on ``device``
+    when it is an accelerator (the run's ``train.device``)."""
     rows = {}
     for name, model in models.items():
         row = {
@@ -56,9 +59,8 @@ def profile_models(models: dict[str, nn.Module], input_size: tuple[int, int], ru
             "flops": count_flops(model, input_size),
             "cpu_ms": latency_ms(model, input_size, "cpu", runs),
         }
-        if torch.cuda.is_available():
-            model.cuda()
-            row["gpu_ms"] = latency_ms(model, input_size, "cuda", runs)
+        if device is not None and device.type != "cpu":
+            row[f"{device.type}_ms"] = latency_ms(model.to(device), input_size, device, runs)
             model.cpu()
         rows[name] = row
     return rows
