@@ -56,6 +56,56 @@ def cmd_synth(args: argparse.Namespace, console: Console) -> int:
     )
     seconds = time.perf_counter() - start
     console.print(f"wrote {counts['train']} train and {counts['val']} val scenes to {args.out} in {seconds:.1f} s")
+    if args.coco:
+        _write_coco(args.out, ["train", "val"], console)
+    return 0
+
+
+def _write_coco(root: str, splits: list[str], console: Console) -> None:
+    from .detection.coco import write_coco
+
+    for split in splits:
+        start = time.perf_counter()
+        path = write_coco(root, split)
+        console.print(f"wrote COCO annotations of {root} {split} to {path} in {time.perf_counter() - start:.1f} s")
+
+
+def cmd_coco(args: argparse.Namespace, console: Console) -> int:
+    _write_coco(args.root, args.splits, console)
+    return 0
+
+
+def _print_detection_metrics(console: Console, title: str, metrics: dict) -> None:
+    table = Table(title=title)
+    for column in ("", "AP", "AP50", "AP75", "APs", "APm", "APl"):
+        table.add_column(column, justify="left" if not column else "right")
+    for kind, label in (("bbox", "box"), ("segm", "mask")):
+        if f"{kind}_AP" in metrics:
+            cells = [metrics[f"{kind}_{s}"] for s in ("AP", "AP50", "AP75", "APs", "APm", "APl")]
+            table.add_row(label, *("-" if v < 0 else f"{100 * v:.2f}" for v in cells))
+    console.print(table)
+
+
+def cmd_detect(args: argparse.Namespace, console: Console) -> int:
+    from .detection.config import load_detection_config
+    from .detection.run import run_detect_distill, run_detect_eval, run_detect_train
+
+    config = load_detection_config(args.config, args.overrides)
+    if args.detect_command == "eval":
+        if not args.checkpoint:
+            raise UserError("detect eval needs --checkpoint PATH")
+        metrics = run_detect_eval(config, args.checkpoint, console=console)
+        _print_detection_metrics(console, f"{args.checkpoint}: COCO metrics on val", metrics)
+        if args.json:
+            Path(args.json).write_text(json.dumps(metrics, indent=2))
+        return 0
+    run = run_detect_train if args.detect_command == "train" else run_detect_distill
+    summary = run(config, resume=args.resume, console=console)
+    _print_detection_metrics(console, f"{config.name}: COCO metrics on val", summary["val"])
+    console.print(
+        f"parameters {summary['parameters'] / 1e6:.2f} M, trained in {summary['train_seconds']:.0f} s; "
+        f"outputs in {config.run_dir}"
+    )
     return 0
 
 
@@ -221,7 +271,22 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--height", type=int, default=synthetic.DEFAULT_HEIGHT)
     synth.add_argument("--width", type=int, default=synthetic.DEFAULT_WIDTH)
     synth.add_argument("--workers", type=int, default=2)
+    synth.add_argument("--coco", action="store_true", help="also write COCO instance annotations (annotations/)")
     synth.set_defaults(func=cmd_synth)
+
+    coco = data.add_parser("coco", help="convert Cityscapes-layout instanceIds to COCO instance annotations")
+    coco.add_argument("root", help="a Cityscapes-layout root (leftImg8bit/, gtFine/)")
+    coco.add_argument("--splits", nargs="+", default=["train", "val"])
+    coco.set_defaults(func=cmd_coco)
+
+    detect = sub.add_parser("detect", help="object detection / instance segmentation (torchvision R-CNNs)")
+    detect.add_argument("detect_command", choices=["train", "distill", "eval"])
+    detect.add_argument("config")
+    detect.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.iters=100")
+    detect.add_argument("--resume", action="store_true", help=RESUME_HELP)
+    detect.add_argument("--checkpoint", help="eval: a .pt checkpoint or .safetensors file")
+    detect.add_argument("--json", help="eval: also write the metrics to this JSON file")
+    detect.set_defaults(func=cmd_detect)
 
     train = sub.add_parser("train", help="train a model (no distillation)")
     train.add_argument("config")

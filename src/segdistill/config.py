@@ -121,7 +121,13 @@ class Config:
         return Path(self.out_dir) / self.name
 
 
-_SECTION_TYPES = {"teacher": TeacherConfig, "distill": DistillConfig}
+def _optional_dataclass(annotation: Any) -> type | None:
+    """``X`` for an annotation ``X | None`` where ``X`` is a dataclass (an optional section), else None."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(options) == 1 and dataclasses.is_dataclass(options[0]):
+            return options[0]
+    return None
 
 
 def _closest(key: str, options: list[str], prefix: str = "") -> str:
@@ -187,8 +193,8 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     for key, value in values.items():
         if key not in names:
             raise UserError(f"unknown config key {prefix + key!r}{_closest(key, names, prefix)}")
-        sub = _SECTION_TYPES.get(key) if cls is Config else None
         annotation = hints[key]
+        sub = _optional_dataclass(annotation)
         if dataclasses.is_dataclass(annotation):
             kwargs[key] = _build(annotation, value or {}, f"{prefix}{key}.")
         elif sub is not None:
@@ -218,8 +224,10 @@ def _merge(base: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML config (safe loader) and apply ``key=value`` overrides (``train.iters=100``)."""
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), schema: type = Config) -> Any:
+    """Read a YAML config (safe loader) and apply ``key=value`` overrides (``train.iters=100``).
+
+    ``schema``: the root dataclass (``Config`` for segmentation; detection passes its own)."""
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -237,13 +245,13 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     for text in overrides:
         keys, value = _parse_override(text)
         _merge(values, keys, value)
-    return _build(Config, values, "")
+    return _build(schema, values, "")
 
 
-def config_to_dict(config: Config) -> dict[str, Any]:
+def config_to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def save_config(config: Config, path: Path) -> None:
+def save_config(config: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))

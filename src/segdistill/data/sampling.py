@@ -69,8 +69,8 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
 
 
 class SeededSamples(Dataset):
-    """Wraps a dataset with an augmentation ``transform`` attribute: item ``(index, seed)`` reseeds
-    the transform with ``seed``, then returns ``dataset[index]``."""
+    """Wraps a dataset with an augmentation ``transform`` attribute (or a ``set_sample_seed`` method):
+    item ``(index, seed)`` reseeds the augmentation with ``seed``, then returns ``dataset[index]``."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -83,4 +83,6 @@ class SeededSamples(Dataset):
         transform = getattr(self.dataset, "transform", None)
         if hasattr(transform, "set_random_state"):  # an albumentations pipeline
             reseed_transform(transform, seed)
+        if hasattr(self.dataset, "set_sample_seed"):  # a dataset drawing its own augmentation
+            self.dataset.set_sample_seed(seed)
         return self.dataset[index]

@@ -144,7 +144,8 @@ class Trainer:
 
     Writes to ``run_dir``: ``metrics.jsonl`` (one JSON object per log line and per evaluation),
     ``checkpoints/last.pt`` (every ``checkpoint_interval`` steps and at every evaluation; the one
-    before is kept as ``last.previous.pt``) and ``checkpoints/best.pt`` (highest val mIoU).
+    before is kept as ``last.previous.pt``) and ``checkpoints/best.pt`` (highest val ``score_key``:
+    mIoU here, box AP for detectors).
 
     ``fit(resume=True)`` continues from the newest intact checkpoint exactly where it was written:
     weights, every optimizer, the schedule step, every RNG, the position in the epoch and the
@@ -359,9 +360,21 @@ class Trainer:
         with open(self.run_dir / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
+    def _inputs(self, batch: dict) -> tuple[tuple, int]:
+        """The task's arguments for one loader batch, on the device, and the number of images in it."""
+        images = batch["image"].to(self.device, non_blocking=True)
+        labels = batch["label"].to(self.device, non_blocking=True)
+        if self.config.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return (images, labels), images.shape[0]
+
     def _set_lr(self) -> float:
         cfg = self.config.train
         lr = poly_lr(cfg.lr, self.step, cfg.iters, cfg.poly_power)
+        warmup = getattr(cfg, "warmup_iters", 0)
+        if self.step < warmup:  # linear warm-up (detection configs): factor -> 1 over warmup_iters steps
+            alpha = self.step / warmup
+            lr *= cfg.warmup_factor * (1.0 - alpha) + alpha
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_mult", 1.0)
         return lr
@@ -391,6 +404,13 @@ class Trainer:
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
         reason = f" after {self.skipped} skipped batches (train.max_skips)" if cfg.nonfinite == "skip" else ""
         raise UserError(f"loss is not finite {where}{reason}; {kept}; try a lower train.lr")
+
+    score_key = "mIoU"  # the val metric that picks checkpoints/best.pt
+
+    @staticmethod
+    def describe(metrics: dict) -> str:
+        """The one-line summary of an evaluation printed during training."""
+        return f"mIoU {100 * metrics['mIoU']:.2f}  pixel acc {100 * metrics['pixel_acc']:.2f}"
 
     def evaluate(self) -> dict:
         """The student on the val split (each rank its shard; the confusion matrix is summed)."""
@@ -430,14 +450,10 @@ class Trainer:
         with progress:
             bar = progress.add_task(self.config.name, total=cfg.iters, completed=self.step, info="")
             while self.step < cfg.iters:
-                batch = next(batches)
-                images = batch["image"].to(self.device, non_blocking=True)
-                labels = batch["label"].to(self.device, non_blocking=True)
-                if self.config.train.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
+                inputs, count = self._inputs(next(batches))
                 lr = self._set_lr()
                 with self.autocast():
-                    out = self.task(images, labels)
+                    out = self.task(*inputs)
                 bad = self._nonfinite_terms(out)
                 if bad:
                     self._on_nonfinite(bad)  # raises unless the batch is skipped
@@ -449,7 +465,7 @@ class Trainer:
                     window["totals"]["loss"] = window["totals"].get("loss", 0.0) + out.total.detach()
                     window["steps"] += 1
                 self.step += 1
-                self.window["images"] += images.shape[0]
+                self.window["images"] += count
                 if self.step % cfg.log_interval == 0 or self.step == cfg.iters:
                     self._log_window(lr, time.perf_counter() - window_start, progress, bar)
                     window_start = time.perf_counter()
@@ -501,9 +517,8 @@ class Trainer:
             metrics = self.evaluate()
             self._log({"step": self.step, "eval": metrics})
             if self.dist.is_main:
-                miou, acc = 100 * metrics["mIoU"], 100 * metrics["pixel_acc"]
-                self.console.print(f"step {self.step}: val mIoU {miou:.2f}  pixel acc {acc:.2f}")
-        miou = metrics.get("mIoU", -1.0)
+                self.console.print(f"step {self.step}: val {self.describe(metrics)}")
+        miou = metrics.get(self.score_key, -1.0)
         is_best = not math.isnan(miou) and miou > self.best_miou
         if is_best:
             self.best_miou = miou

@@ -1,0 +1,253 @@
+"""The jobs behind ``segdistill detect train|distill|eval``: the segmentation trainer (SGD, poly
+schedule with warm-up, progress, ``metrics.jsonl``, atomic checkpoints, exact resume, divergence
+guard) driving a torchvision detector, evaluated with the COCO metrics."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..data.sampling import EpochBatchSampler, SeededSamples
+from ..engine.builders import load_weights, write_summary
+from ..engine.checkpoint import prepare_run_dir
+from ..engine.trainer import Trainer, resolve_device, seed_everything
+from ..errors import UserError
+from ..models import count_parameters
+from .config import DetectionConfig
+from .dataset import CocoDetection, collate_detection
+from .evaluate import describe, evaluate_detector
+from .models import detector_from_config
+from .task import DetectionDistiller, DetectionSupervisedTask
+
+
+class DetectionTrainer(Trainer):
+    """The segmentation :class:`~segdistill.engine.trainer.Trainer` with detection batches
+    (lists of images and target dicts) and COCO evaluation (``best.pt`` = highest box AP)."""
+
+    score_key = "bbox_AP"
+    describe = staticmethod(describe)
+
+    def __init__(self, *args, gt_data: dict, category_ids: list[int], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.gt_data = gt_data
+        self.category_ids = category_ids
+
+    def _inputs(self, batch: tuple) -> tuple[tuple, int]:
+        images, targets = batch
+        images = [image.to(self.device, non_blocking=True) for image in images]
+        targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
+        return (images, targets), len(images)
+
+    def evaluate(self) -> dict:
+        assert self.val_loader is not None
+        with self.autocast():
+            return evaluate_detector(self.model, self.val_loader, self.gt_data, self.category_ids, self.device)
+
+
+def _resolve(root: Path, path: str) -> Path:
+    return Path(path) if Path(path).is_absolute() else root / path
+
+
+def ensure_synthetic_coco(config: DetectionConfig, console: Console) -> None:
+    """Generate the embedded dataset if absent and write its COCO annotations if they are missing."""
+    from ..engine.builders import ensure_synthetic
+    from .coco import write_coco
+
+    root = Path(config.data.root)
+    ensure_synthetic(root, console)
+    for split, ann in (("train", config.data.train_ann), ("val", config.data.val_ann)):
+        path = _resolve(root, ann)
+        if not path.is_file():
+            console.print(f"writing COCO annotations of the {split} split to {path}")
+            write_coco(root, split, path)
+
+
+def needs_masks(config: DetectionConfig) -> bool:
+    """Masks are loaded for Mask R-CNN and for APD pooling under masks."""
+    if config.model.arch == "mask_rcnn":
+        return True
+    options = (config.distill.options.get("apd", {}) if config.distill else {}) or {}
+    return config.distill is not None and options.get("target", "masks") == "masks"
+
+
+def build_detection_datasets(config: DetectionConfig, console: Console) -> tuple[CocoDetection, CocoDetection]:
+    data = config.data
+    if data.dataset not in ("synthetic", "coco"):
+        raise UserError(f"data.dataset must be 'synthetic' or 'coco' for detection, got {data.dataset!r}")
+    if data.dataset == "synthetic":
+        ensure_synthetic_coco(config, console)
+    root = Path(data.root)
+    train = CocoDetection(
+        root, _resolve(root, data.train_ann), data.train_images, masks=needs_masks(config), flip_p=data.flip_p
+    )
+    val = CocoDetection(root, _resolve(root, data.val_ann), data.val_images, masks=False)
+    if train.category_ids != val.category_ids:
+        raise UserError(f"{train.ann_file} and {val.ann_file} list different categories")
+    return train, val
+
+
+def num_classes_of(config: DetectionConfig, dataset: CocoDetection) -> int:
+    """``model.num_classes`` (or the dataset's categories + 1); the teacher's must agree."""
+    expected = dataset.num_classes
+    for key, section in (("model", config.model), ("teacher", config.teacher)):
+        if section is not None and section.num_classes is not None and section.num_classes != expected:
+            raise UserError(
+                f"{key}.num_classes is {section.num_classes} but {dataset.ann_file} has {expected - 1} categories "
+                f"(+ background = {expected}); set {key}.num_classes={expected} or null"
+            )
+    return expected
+
+
+def build_detection_loaders(config: DetectionConfig, train: CocoDetection, val: CocoDetection) -> tuple:
+    data = config.data
+    if len(train) < data.batch_size:
+        raise UserError(f"the train split has {len(train)} images, fewer than data.batch_size={data.batch_size}")
+    train_loader = DataLoader(
+        SeededSamples(train),
+        batch_sampler=EpochBatchSampler(len(train), data.batch_size, config.seed),
+        num_workers=data.workers,
+        collate_fn=collate_detection,
+        # its own generator: without one, starting an iterator draws from the global RNG, so a run
+        # resumed mid-epoch would diverge from an uninterrupted one (RPN/RoI sampling uses that RNG)
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    val_loader = DataLoader(val, batch_size=data.batch_size, num_workers=data.workers, collate_fn=collate_detection)
+    return train_loader, val_loader
+
+
+def build_detector(cfg, num_classes: int) -> nn.Module:
+    model = detector_from_config(cfg, num_classes)
+    if cfg.weights:
+        load_weights(model, cfg.weights)
+    return model
+
+
+def _single_process() -> None:
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("segdistill detect runs in one process; torchrun with several processes is not supported yet")
+
+
+def _run(config: DetectionConfig, resume: bool, console: Console | None, make_task) -> dict:
+    _single_process()
+    console = console or Console(stderr=True)
+    device = resolve_device(config.train.device)
+    prepare_run_dir(config.run_dir)
+    (config.run_dir / "summary.json").unlink(missing_ok=True)
+    seed_everything(config.seed, config.train.deterministic)
+    train_set, val_set = build_detection_datasets(config, console)
+    num_classes = num_classes_of(config, train_set)
+    train_loader, val_loader = build_detection_loaders(config, train_set, val_set)
+    model = build_detector(config.model, num_classes).to(device)
+    from ..config import save_config
+
+    save_config(config, config.run_dir / "config.yaml")
+    task = make_task(model, num_classes, device)
+    trainer = DetectionTrainer(
+        config,
+        task,
+        train_loader,
+        val_loader,
+        num_classes,
+        device,
+        console,
+        gt_data=val_set.data,
+        category_ids=val_set.category_ids,
+    )
+    metrics = trainer.fit(resume=resume)
+    summary = {
+        "name": config.name,
+        "seed": config.seed,
+        "val": metrics,
+        "parameters": count_parameters(model),
+        "train_seconds": metrics.get("train_seconds"),
+        "iters": config.train.iters,
+        "class_names": val_set.class_names,
+    }
+    write_summary(config.run_dir / "summary.json", summary)
+    return summary
+
+
+def run_detect_train(config: DetectionConfig, resume: bool = False, console: Console | None = None) -> dict:
+    """Train ``config.model`` on ``config.data`` with its own losses; COCO-evaluate on the val split."""
+    return _run(config, resume, console, lambda model, num_classes, device: DetectionSupervisedTask(model))
+
+
+def build_detection_distiller(
+    config: DetectionConfig, student: nn.Module, teacher: nn.Module, num_classes: int, device: torch.device
+) -> DetectionDistiller:
+    """:class:`DetectionDistiller` with APD on the FPN levels the two detectors share (probed)."""
+    from .apd import DetectionAPDLoss, pair_levels
+
+    assert config.distill is not None
+    unknown = [m for m in config.distill.methods if m != "apd"]
+    if unknown or not config.distill.methods:
+        raise UserError(f"detection distillation supports methods: [apd], got {config.distill.methods}")
+    size = (config.model.min_size, config.model.max_size)
+
+    def shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            out = model.backbone(torch.zeros(1, 3, *size, device=device))
+        model.train(was)
+        return {k: tuple(v.shape[1:]) for k, v in out.items()}
+
+    student_shapes, teacher_shapes = shapes(student), shapes(teacher)
+    levels = pair_levels(student_shapes, teacher_shapes)
+    options = dict(config.distill.options.get("apd", {}) or {})
+    unknown_options = set(options) - {"target", "adapter", "adapter_channels", "scale", "scope", "teacher_adapter_lr"}
+    if unknown_options:
+        raise UserError(f"unknown distill.options.apd key(s) {sorted(unknown_options)}")
+    channels_s = student_shapes[levels[0][0]][0]
+    channels_t = teacher_shapes[levels[0][1]][0]
+    torch.manual_seed(config.seed)  # adapters initialise the same whatever the teacher's build drew
+    apd = DetectionAPDLoss(num_classes, channels_s, channels_t, levels, **options)
+    return DetectionDistiller(student, teacher, apd, config.distill.weights).to(device)
+
+
+def run_detect_distill(config: DetectionConfig, resume: bool = False, console: Console | None = None) -> dict:
+    """Train the student detector with APD from ``config.teacher`` (a trained detector)."""
+    if config.teacher is None or not config.teacher.weights:
+        raise UserError("detect distill needs a 'teacher' section with weights (a trained detector checkpoint)")
+    if config.distill is None:
+        raise UserError("config has no 'distill' section (distill.methods: [apd])")
+    for key in ("min_size", "max_size"):
+        if getattr(config.teacher, key) != getattr(config.model, key):
+            raise UserError(
+                f"teacher.{key} ({getattr(config.teacher, key)}) != model.{key} ({getattr(config.model, key)}): "
+                "teacher and student see the same resized batch"
+            )
+
+    def task(student: nn.Module, num_classes: int, device: torch.device) -> nn.Module:
+        teacher = build_detector(config.teacher, num_classes).to(device)
+        return build_detection_distiller(config, student, teacher, num_classes, device)
+
+    return _run(config, resume, console, task)
+
+
+def run_detect_eval(config: DetectionConfig, checkpoint: str, console: Console | None = None) -> dict:
+    """COCO metrics of ``checkpoint`` on the val split."""
+    console = console or Console(stderr=True)
+    device = resolve_device(config.train.device)
+    if config.data.dataset == "synthetic":
+        ensure_synthetic_coco(config, console)
+    root = Path(config.data.root)
+    val = CocoDetection(root, _resolve(root, config.data.val_ann), config.data.val_images)
+    num_classes = num_classes_of(config, val)
+    model = detector_from_config(config.model, num_classes)
+    load_weights(model, checkpoint)
+    model.to(device)
+    loader = DataLoader(
+        val, batch_size=config.data.batch_size, num_workers=config.data.workers, collate_fn=collate_detection
+    )
+    start = time.perf_counter()
+    metrics = evaluate_detector(model, loader, val.data, val.category_ids, device)
+    metrics["seconds"] = time.perf_counter() - start
+    return metrics

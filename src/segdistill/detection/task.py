@@ -1,0 +1,118 @@
+"""What one detection training step computes (the :class:`~segdistill.engine.trainer.Trainer`'s task
+interface): plain training of a torchvision detector, and APD distillation between two detectors.
+
+``task(images, targets)``: ``images`` a list of ``3 x H_i x W_i`` float tensors in [0, 1],
+``targets`` a list of dicts (``boxes``, ``labels``, ``masks``); returns a
+:class:`~segdistill.engine.task.StepOutput` whose ``losses`` are torchvision's (``loss_classifier``,
+``loss_box_reg``, ``loss_objectness``, ``loss_rpn_box_reg``, ``loss_mask``) plus the weighted
+distillation terms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from ..engine.task import StepOutput, split_param_groups
+from ..errors import UserError
+from .apd import DetectionAPDLoss, instance_label_map
+
+
+class DetectionSupervisedTask(nn.Module):
+    """Plain training: the detector's own losses, summed (torchvision's recipe)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.student = model
+
+    @property
+    def extra_steps(self) -> list:
+        return []
+
+    def param_groups(self, lr: float, head_lr_mult: float) -> list[dict]:
+        return split_param_groups(self.student, lr, head_lr_mult)
+
+    def trainable_state_dict(self) -> dict:
+        return {}
+
+    def load_trainable_state_dict(self, state: dict) -> None:
+        del state
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict]) -> StepOutput:
+        losses = self.student(images, targets)
+        return StepOutput(total=sum(losses.values()), losses=dict(losses))
+
+
+class DetectionDistiller(nn.Module):
+    """A frozen teacher detector, a student detector, and :class:`DetectionAPDLoss` on their FPNs.
+
+    One resize + normalisation (the student's ``transform``) feeds both backbones, so their FPN
+    levels cover the same pixels. The student then runs its RPN and RoI heads as torchvision's
+    ``GeneralizedRCNN.forward`` does (its losses unchanged); the teacher runs its backbone only, in
+    eval mode, without gradients. ``weights``: ``apd`` (every APD term) or ``apd_kl`` / ``apd_align``."""
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        apd: DetectionAPDLoss,
+        weights: Mapping[str, float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.student = student
+        self.teacher = teacher
+        self.apd = apd
+        self.weights = dict(weights or {})
+        known = {"apd", "apd_kl", "apd_align"}
+        for key in self.weights:
+            if key not in known:
+                raise UserError(f"distill.weights key {key!r} names no detection term ({', '.join(sorted(known))})")
+        self.teacher.eval()
+        self.teacher.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> DetectionDistiller:
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def _weight(self, term: str) -> float:
+        return float(self.weights.get(term, self.weights.get("apd", 10.0)))
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict]) -> StepOutput:
+        student = self.student
+        image_list, resized = student.transform(images, targets)
+        features = student.backbone(image_list.tensors)
+        proposals, rpn_losses = student.rpn(image_list, features, resized)
+        _, roi_losses = student.roi_heads(features, proposals, image_list.image_sizes, resized)
+        with torch.no_grad():
+            teacher_features = self.teacher.backbone(image_list.tensors)
+        label_map = instance_label_map(
+            resized, image_list.image_sizes, tuple(image_list.tensors.shape[-2:]), self.apd.target
+        )
+        terms = self.apd(features, teacher_features, label_map)
+        losses = {**rpn_losses, **roi_losses}
+        for name in ("apd_kl", "apd_align"):
+            losses[name] = self._weight(name) * terms[name]
+        return StepOutput(
+            total=sum(losses.values()), losses=losses, extra_losses={"apd_teacher_ce": terms["apd_teacher_ce"]}
+        )
+
+    # ---------------------------------------------------------------- trainer interface
+    @property
+    def extra_steps(self) -> list[tuple[str, nn.Module, torch.optim.Optimizer]]:
+        return self.apd.own_optimizers()
+
+    def param_groups(self, lr: float, head_lr_mult: float) -> list[dict]:
+        groups = split_param_groups(self.student, lr, head_lr_mult)
+        extra = self.apd.student_parameters()
+        if extra:
+            groups.append({"params": extra, "lr": lr * head_lr_mult, "lr_mult": head_lr_mult, "name": "distill"})
+        return groups
+
+    def trainable_state_dict(self) -> dict:
+        return self.apd.state_dict()
+
+    def load_trainable_state_dict(self, state: dict) -> None:
+        self.apd.load_state_dict(state)

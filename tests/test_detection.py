@@ -1,0 +1,325 @@
+"""Detection and instance segmentation: COCO export, loader, APD on FPN levels, COCO metrics, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_resume import assert_same_state
+
+from segdistill.cli import main
+from segdistill.detection.apd import DetectionAPDLoss, instance_label_map, pair_levels
+from segdistill.detection.coco import CATEGORIES, cityscapes_to_coco, decode_mask, write_coco
+from segdistill.detection.dataset import CocoDetection, collate_detection
+from segdistill.detection.evaluate import coco_stats
+from segdistill.detection.models import build_detector
+from segdistill.detection.task import DetectionDistiller
+from segdistill.engine.checkpoint import load_training_checkpoint
+from segdistill.errors import UserError
+
+pytest.importorskip("pycocotools")
+
+TINY_DETECTOR = [
+    "model.backbone=resnet18",
+    "model.fpn_channels=16",
+    "model.representation_size=32",
+    "model.min_size=64",
+    "model.max_size=128",
+    "model.options={box_batch_size_per_image: 32, rpn_post_nms_top_n_train: 50, rpn_post_nms_top_n_test: 50, "
+    "rpn_pre_nms_top_n_test: 100, box_detections_per_img: 20}",
+]
+
+
+@pytest.fixture(scope="module")
+def coco_data(tiny_data, tmp_path_factory) -> Path:
+    """The tiny generated dataset with COCO annotations for train and val."""
+    root = tmp_path_factory.mktemp("coco") / "synthetic"
+    import shutil
+
+    shutil.copytree(tiny_data, root)
+    for split in ("train", "val"):
+        write_coco(root, split)
+    return root
+
+
+def test_coco_export_round_trips_the_instance_ids(tiny_data):
+    """Every thing instance of every image comes back as one annotation whose mask is exactly the
+    pixels holding its instance id, whose box is the mask's extent and whose category is its class."""
+    coco = cityscapes_to_coco(tiny_data, "train")
+    by_image: dict[int, list[dict]] = {}
+    for ann in coco["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    cityscapes_of = {c["id"]: c["cityscapes_id"] for c in CATEGORIES}
+    checked = 0
+    for image in coco["images"]:
+        stem = Path(image["file_name"]).name.replace("_leftImg8bit.png", "")
+        city = Path(image["file_name"]).parent.name
+        ids = np.array(Image.open(tiny_data / "gtFine/train" / city / f"{stem}_gtFine_instanceIds.png")).astype(int)
+        things = {int(v) for v in np.unique(ids) if v >= 1000}
+        anns = by_image.get(image["id"], [])
+        assert {a["instance_id"] for a in anns} == things
+        for ann in anns:
+            mask = decode_mask(ann["segmentation"], image["height"], image["width"]).astype(bool)
+            assert np.array_equal(mask, ids == ann["instance_id"])
+            ys, xs = np.nonzero(mask)
+            x, y, w, h = ann["bbox"]
+            assert (x, y, x + w - 1, y + h - 1) == (xs.min(), ys.min(), xs.max(), ys.max())
+            assert ann["area"] == mask.sum()
+            assert cityscapes_of[ann["category_id"]] == ann["instance_id"] // 1000
+            checked += 1
+    assert checked > 10
+
+
+def _cityscapes_root(tmp_path: Path, instance_ids: np.ndarray) -> Path:
+    root = tmp_path / "cs"
+    (root / "leftImg8bit/train/c").mkdir(parents=True)
+    (root / "gtFine/train/c").mkdir(parents=True)
+    h, w = instance_ids.shape
+    Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(root / "leftImg8bit/train/c/c_0_0_leftImg8bit.png")
+    Image.fromarray(instance_ids.astype(np.uint16)).save(root / "gtFine/train/c/c_0_0_gtFine_instanceIds.png")
+    return root
+
+
+def test_crowd_regions_become_iscrowd_and_unevaluated_things_are_dropped(tmp_path):
+    """As in real Cityscapes: a bare thing label id (a group) is a crowd region; caravan (29) is not
+    an evaluated class; stuff is not an instance."""
+    ids = np.full((8, 10), 7)  # road
+    ids[0:2, 0:3] = 26001  # a car instance
+    ids[4:6, 0:4] = 26  # a group of cars
+    ids[6:8, 6:9] = 29000  # a caravan
+    coco = cityscapes_to_coco(_cityscapes_root(tmp_path, ids), "train")
+    anns = sorted(coco["annotations"], key=lambda a: a["iscrowd"])
+    assert [(a["category_id"], a["iscrowd"], a["bbox"]) for a in anns] == [
+        (3, 0, [0.0, 0.0, 3.0, 2.0]),
+        (3, 1, [0.0, 4.0, 4.0, 2.0]),
+    ]
+    assert [c["name"] for c in coco["categories"]] == [
+        "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+    ]  # fmt: skip
+
+
+def test_loader_targets_match_masks_and_flip_keeps_them_aligned(coco_data):
+    plain = CocoDetection(coco_data, coco_data / "annotations/instances_train.json", masks=True)
+    flipped = CocoDetection(coco_data, coco_data / "annotations/instances_train.json", masks=True, flip_p=1.0)
+    assert plain.num_classes == 9
+    for i in range(len(plain)):
+        image, target = plain[i]
+        image_f, target_f = flipped[i]
+        assert image.shape[0] == 3 and 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+        assert torch.equal(image_f, image.flip(-1))
+        for t in (target, target_f):
+            for box, mask in zip(t["boxes"], t["masks"]):
+                ys, xs = torch.nonzero(mask, as_tuple=True)
+                expected = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
+                assert torch.equal(box, expected)
+        assert torch.equal(target_f["labels"], target["labels"])
+
+
+def test_loader_errors_name_the_file(coco_data, tmp_path):
+    ann = json.loads((coco_data / "annotations/instances_val.json").read_text())
+    with pytest.raises(UserError, match="not found: .*missing.json"):
+        CocoDetection(coco_data, tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(UserError, match="bad.json is not valid JSON"):
+        CocoDetection(coco_data, bad)
+    wrong = json.loads(json.dumps(ann))
+    wrong["annotations"][0]["category_id"] = 99
+    (tmp_path / "cat.json").write_text(json.dumps(wrong))
+    with pytest.raises(UserError, match=r"cat.json: annotation \d+ has category_id 99"):
+        CocoDetection(coco_data, tmp_path / "cat.json")
+    moved = json.loads(json.dumps(ann))
+    moved["images"][0]["file_name"] = "nowhere/x.png"
+    (tmp_path / "img.json").write_text(json.dumps(moved))
+    with pytest.raises(UserError, match="image not found: .*nowhere/x.png"):
+        CocoDetection(coco_data, tmp_path / "img.json")[0]
+    resized = json.loads(json.dumps(ann))
+    resized["images"][0]["width"] = 999
+    (tmp_path / "size.json").write_text(json.dumps(resized))
+    with pytest.raises(UserError, match="is 128x64 but .*size.json says 999x64"):
+        CocoDetection(coco_data, tmp_path / "size.json")[0]
+
+
+def test_label_map_paints_small_instances_over_large_and_ignores_padding():
+    big = torch.tensor([[0.0, 0.0, 6.0, 4.0]])
+    small = torch.tensor([[1.0, 1.0, 3.0, 3.0]])
+    target = {"boxes": torch.cat([small, big]), "labels": torch.tensor([2, 1])}
+    out = instance_label_map([target], [(5, 7)], (6, 8), source="boxes")
+    expected = torch.zeros(6, 8, dtype=torch.int64)
+    expected[0:4, 0:6] = 1
+    expected[1:3, 1:3] = 2
+    expected[5, :] = 255  # padding rows/columns outside the 5 x 7 image
+    expected[:, 7] = 255
+    assert torch.equal(out[0], expected)
+    masks = torch.zeros(2, 5, 7, dtype=torch.uint8)
+    masks[0, 1:3, 1:3] = 1
+    masks[1, 0:4, 0:6] = 1
+    out_m = instance_label_map([{**target, "masks": masks}], [(5, 7)], (6, 8), source="masks")
+    assert torch.equal(out_m[0], expected)
+
+
+def test_levels_pair_by_size_across_backbones():
+    student = build_detector("faster_rcnn", "mobilenet_v3_large", 3)
+    teacher = build_detector("faster_rcnn", "resnet18", 3, fpn_channels=32)
+
+    def shapes(model):
+        model.eval()
+        with torch.no_grad():
+            return {k: tuple(v.shape[1:]) for k, v in model.backbone(torch.zeros(1, 3, 64, 128)).items()}
+
+    s, t = shapes(student), shapes(teacher)
+    pairs = pair_levels(s, t)
+    assert pairs and all(s[a][-2:] == t[b][-2:] for a, b in pairs) and all(a != "pool" for a, _ in pairs)
+    with pytest.raises(UserError, match="has no teacher level of the same size"):
+        pair_levels({"0": (8, 3, 3)}, t)
+
+
+def test_coco_metrics_known_answers(coco_data):
+    """Detections equal to the ground truth score AP 1; no detections score 0; boxes shifted by a
+    whole box width score 0."""
+    gt = json.loads((coco_data / "annotations/instances_val.json").read_text())
+    perfect = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+        for a in gt["annotations"]
+        if not a["iscrowd"]
+    ]
+    assert coco_stats(gt, perfect, "bbox")["AP"] == pytest.approx(1.0)
+    segm = [{**r, "segmentation": a["segmentation"]} for r, a in zip(perfect, gt["annotations"])]
+    assert coco_stats(gt, segm, "segm")["AP"] == pytest.approx(1.0)
+    assert coco_stats(gt, [], "bbox")["AP"] == 0.0
+    shifted = [{**r, "bbox": [r["bbox"][0] + 2 * r["bbox"][2] + 5, *r["bbox"][1:]]} for r in perfect]
+    assert coco_stats(gt, shifted, "bbox")["AP50"] == pytest.approx(0.0)
+
+
+def test_two_iteration_apd_distillation_trains_only_the_student(coco_data):
+    """Finite losses; gradients reach the student and its adapter, never the teacher; the teacher
+    adapter moves only through its own optimizer; the teacher's weights stay as they were."""
+    torch.manual_seed(0)
+    kw = {"min_size": 64, "max_size": 128, "options": {"box_batch_size_per_image": 32}}
+    student = build_detector("mask_rcnn", "resnet18", 9, fpn_channels=16, representation_size=32, **kw)
+    teacher = build_detector("mask_rcnn", "resnet18", 9, fpn_channels=32, representation_size=32, **kw)
+    levels = pair_levels(
+        {k: tuple(v.shape[1:]) for k, v in student.backbone(torch.zeros(1, 3, 64, 128)).items()},
+        {k: tuple(v.shape[1:]) for k, v in teacher.backbone(torch.zeros(1, 3, 64, 128)).items()},
+    )
+    assert [a for a, _ in levels] == ["0", "1", "2", "3"]
+    apd = DetectionAPDLoss(9, 16, 32, levels, adapter_channels=16)
+    task = DetectionDistiller(student, teacher, apd)
+    task.train()
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    adapter_before = [p.clone() for p in apd.apd.teacher_adapter.parameters()]
+    data = CocoDetection(coco_data, coco_data / "annotations/instances_train.json", masks=True)
+    optimizer = torch.optim.SGD(task.param_groups(0.01, 1.0), lr=0.01, momentum=0.9)
+    (name, module, own) = task.extra_steps[0]
+    for step in range(2):
+        images, targets = collate_detection([data[2 * step], data[2 * step + 1]])
+        out = task(images, targets)
+        assert {"loss_classifier", "loss_mask", "apd_kl", "apd_align"} <= set(out.losses)
+        assert all(torch.isfinite(v) for v in out.losses.values()) and torch.isfinite(out.extra_losses[name])
+        own.zero_grad()
+        out.extra_losses[name].backward()
+        own.step()
+        optimizer.zero_grad()
+        out.total.backward()
+        assert all(p.grad is None for p in teacher.parameters())
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.backbone.parameters())
+        assert all(p.grad is not None for p in apd.apd.student_adapter.parameters())
+        optimizer.step()
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in teacher_before.items())
+    assert any(not torch.equal(a, b) for a, b in zip(adapter_before, apd.apd.teacher_adapter.parameters()))
+
+
+def _detect_args(coco_data: Path, tmp_path: Path) -> list[str]:
+    return [
+        f"data.root={coco_data}",
+        f"out_dir={tmp_path / 'runs'}",
+        "data.batch_size=2",
+        *TINY_DETECTOR,
+        "train.iters=4",
+        "train.log_interval=2",
+        "train.warmup_iters=2",
+        "train.checkpoint_interval=2",
+    ]
+
+
+@pytest.fixture
+def tiny_teacher(coco_data, tmp_path) -> str:
+    args = _detect_args(coco_data, tmp_path)
+    assert main(["detect", "train", "configs/synthetic/detection/teacher.yaml", *args, "name=t", "train.iters=2"]) == 0
+    return str(tmp_path / "runs/t/checkpoints/last.pt")
+
+
+def _teacher_args(path: str) -> list[str]:
+    return [f"teacher.{a.split('.', 1)[1]}" for a in TINY_DETECTOR] + [f"teacher.weights={path}"]
+
+
+def test_detect_cli_trains_distills_evaluates_and_resumes_exactly(coco_data, tmp_path, tiny_teacher, monkeypatch):
+    """train -> distill -> eval through the CLI; a distillation interrupted after step 2 and resumed
+    ends with the same weights, optimizer and adapter states as an uninterrupted one."""
+    args = [*_detect_args(coco_data, tmp_path), *_teacher_args(tiny_teacher), "distill.options.apd.adapter_channels=8"]
+    recipe = "configs/synthetic/detection/apd.yaml"
+    assert main(["detect", "distill", recipe, *args, "name=whole"]) == 0
+    summary = json.loads((tmp_path / "runs/whole/summary.json").read_text())
+    assert {"bbox_AP", "bbox_AP50", "bbox_AP75", "segm_AP"} <= set(summary["val"])
+    records = [json.loads(x) for x in (tmp_path / "runs/whole/metrics.jsonl").read_text().splitlines()]
+    assert "apd_kl" in records[0] and "loss_mask" in records[0]
+
+    calls = {"n": 0}
+    forward = DetectionDistiller.forward
+
+    def dies_at_step_3(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return forward(self, *a, **k)
+
+    monkeypatch.setattr(DetectionDistiller, "forward", dies_at_step_3)
+    assert main(["detect", "distill", recipe, *args, "name=cut"]) == 130
+    monkeypatch.setattr(DetectionDistiller, "forward", forward)
+    assert main(["detect", "distill", recipe, *args, "name=cut", "--resume"]) == 0
+    a = load_training_checkpoint(tmp_path / "runs/whole/checkpoints/last.pt")
+    b = load_training_checkpoint(tmp_path / "runs/cut/checkpoints/last.pt")
+    for key in ("model", "task", "optimizer", "extra_optimizers", "epoch", "batch_in_epoch"):
+        assert_same_state(a[key], b[key], key)
+
+    out = tmp_path / "eval.json"
+    ckpt = str(tmp_path / "runs/whole/checkpoints/last.pt")
+    assert main(["detect", "eval", recipe, *args, "--checkpoint", ckpt, "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["bbox_AP"] == pytest.approx(summary["val"]["bbox_AP"])
+
+
+def test_detect_cli_user_errors(coco_data, tmp_path, capsys):
+    args = _detect_args(coco_data, tmp_path)
+    recipe = "configs/synthetic/detection/student.yaml"
+    cases = [
+        (["model.backbon=resnet18"], "unknown config key 'model.backbon'"),
+        (["model.options={rpn_batch_size: 3}"], "unknown detector option 'rpn_batch_size'"),
+        (["model.num_classes=5"], "model.num_classes is 5 but .*instances_train.json has 8 categories"),
+        (["data.dataset=coco", "data.train_ann=nope.json"], "COCO annotation file not found: .*nope.json"),
+    ]
+    for extra, message in cases:
+        assert main(["detect", "train", recipe, *args, *extra, "name=e"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: "), err
+        import re
+
+        assert re.search(message, err[0]), err[0]
+    apd = ["detect", "distill", "configs/synthetic/detection/apd.yaml", *args, "name=e"]
+    assert main([*apd, "teacher.weights=null"]) == 2
+    assert "needs a 'teacher' section with weights" in capsys.readouterr().err
+    assert main([*apd, *_teacher_args("x.pt"), "teacher.min_size=96"]) == 2
+    assert "teacher.min_size (96) != model.min_size (64)" in capsys.readouterr().err
+
+
+def test_data_coco_command_writes_annotations(tiny_data, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_data, root)
+    assert main(["data", "coco", str(root), "--splits", "val"]) == 0
+    data = json.loads((root / "annotations/instances_val.json").read_text())
+    assert len(data["images"]) == 4 and data["annotations"]
