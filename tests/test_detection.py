@@ -162,6 +162,59 @@ def test_label_map_paints_small_instances_over_large_and_ignores_padding():
     assert torch.equal(out_m[0], expected)
 
 
+def test_crowd_pixels_are_ignored_in_the_label_map_at_the_resized_size():
+    target = {"boxes": torch.tensor([[0.0, 0.0, 8.0, 8.0]]), "labels": torch.tensor([1])}  # resized coordinates
+    ignore = torch.zeros(4, 4, dtype=torch.uint8)
+    ignore[2:, 2:] = 1  # crowd pixels at the original 4 x 4 size
+    out = instance_label_map([{**target, "ignore": ignore}], [(8, 8)], (8, 8), source="boxes")  # resized 2x
+    expected = torch.ones(8, 8, dtype=torch.int64)
+    expected[4:, 4:] = 255
+    assert torch.equal(out[0], expected)
+
+
+def test_crowds_become_ignore_masks_and_malformed_annotations_name_the_file(coco_data, tmp_path):
+    ann = json.loads((coco_data / "annotations/instances_train.json").read_text())
+    first = next(a for a in ann["annotations"] if a["image_id"] == ann["images"][0]["id"])
+    crowd = json.loads(json.dumps(ann))
+    for a in crowd["annotations"]:
+        if a["id"] == first["id"]:
+            a["iscrowd"] = 1
+    (tmp_path / "crowd.json").write_text(json.dumps(crowd))
+    for masks in (True, False):
+        _, target = CocoDetection(coco_data, tmp_path / "crowd.json", masks=masks)[0]
+        plain = CocoDetection(coco_data, coco_data / "annotations/instances_train.json", masks=True)[0][1]
+        assert len(target["labels"]) == len(plain["labels"]) - 1  # the crowd is not a training target
+        mask = decode_mask(first["segmentation"], *target["ignore"].shape)
+        if masks:
+            assert np.array_equal(target["ignore"].numpy(), mask)
+        else:
+            assert target["ignore"].numpy()[mask.astype(bool)].all()  # its box covers its pixels
+    broken = json.loads(json.dumps(ann))
+    broken["annotations"][0]["segmentation"] = {"size": [3, 3], "counts": 5}
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    index = [im["id"] for im in sorted(ann["images"], key=lambda im: im["id"])].index(
+        broken["annotations"][0]["image_id"]
+    )
+    with pytest.raises(UserError, match=r"broken.json: annotation \d+ (is malformed|has a 3x3 mask)"):
+        CocoDetection(coco_data, tmp_path / "broken.json", masks=True)[index]
+    no_id = json.loads(json.dumps(ann))
+    del no_id["images"][1]["id"]
+    (tmp_path / "noid.json").write_text(json.dumps(no_id))
+    with pytest.raises(UserError, match=r"noid.json: images\[1\] needs an integer 'id'"):
+        CocoDetection(coco_data, tmp_path / "noid.json")
+
+
+def test_a_box_clipped_to_nothing_is_skipped(coco_data, tmp_path):
+    ann = json.loads((coco_data / "annotations/instances_train.json").read_text())
+    image = sorted(ann["images"], key=lambda im: im["id"])[0]
+    edge = {"id": 10**6, "image_id": image["id"], "category_id": 1, "bbox": [image["width"], 0, 1, 5], "iscrowd": 0}
+    ann["annotations"].append(edge)
+    (tmp_path / "edge.json").write_text(json.dumps(ann))
+    _, target = CocoDetection(coco_data, tmp_path / "edge.json")[0]
+    widths = target["boxes"][:, 2] - target["boxes"][:, 0]
+    assert len(widths) and bool((widths >= 1).all())
+
+
 def test_levels_pair_by_size_across_backbones():
     student = build_detector("faster_rcnn", "mobilenet_v3_large", 3)
     teacher = build_detector("faster_rcnn", "resnet18", 3, fpn_channels=32)
@@ -173,7 +226,8 @@ def test_levels_pair_by_size_across_backbones():
 
     s, t = shapes(student), shapes(teacher)
     pairs = pair_levels(s, t)
-    assert pairs and all(s[a][-2:] == t[b][-2:] for a, b in pairs) and all(a != "pool" for a, _ in pairs)
+    assert pairs == [("0", "0"), ("1", "1"), ("2", "2"), ("3", "3")]  # strides 4, 8, 16, 32 on both
+    assert all(s[a][-2:] == t[b][-2:] for a, b in pairs)
     with pytest.raises(UserError, match="has no teacher level of the same size"):
         pair_levels({"0": (8, 3, 3)}, t)
 
@@ -182,14 +236,22 @@ def test_coco_metrics_known_answers(coco_data):
     """Detections equal to the ground truth score AP 1; no detections score 0; boxes shifted by a
     whole box width score 0."""
     gt = json.loads((coco_data / "annotations/instances_val.json").read_text())
+    things = [a for a in gt["annotations"] if not a["iscrowd"]]
     perfect = [
-        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
-        for a in gt["annotations"]
-        if not a["iscrowd"]
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": list(a["bbox"]), "score": 1.0}
+        for a in things
     ]
     assert coco_stats(gt, perfect, "bbox")["AP"] == pytest.approx(1.0)
-    segm = [{**r, "segmentation": a["segmentation"]} for r, a in zip(perfect, gt["annotations"])]
+    segm = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "score": 1.0, "segmentation": a["segmentation"]}
+        for a in things
+    ]
     assert coco_stats(gt, segm, "segm")["AP"] == pytest.approx(1.0)
+    # masks that are right but carry boxes twice too large: mask AP stays 1 (it ignores the boxes)
+    both = [
+        {**m, "bbox": [b["bbox"][0], b["bbox"][1], 2 * b["bbox"][2], 2 * b["bbox"][3]]} for m, b in zip(segm, perfect)
+    ]
+    assert coco_stats(gt, both, "segm")["AP"] == pytest.approx(1.0)
     assert coco_stats(gt, [], "bbox")["AP"] == 0.0
     shifted = [{**r, "bbox": [r["bbox"][0] + 2 * r["bbox"][2] + 5, *r["bbox"][1:]]} for r in perfect]
     assert coco_stats(gt, shifted, "bbox")["AP50"] == pytest.approx(0.0)
@@ -257,7 +319,9 @@ def _teacher_args(path: str) -> list[str]:
     return [f"teacher.{a.split('.', 1)[1]}" for a in TINY_DETECTOR] + [f"teacher.weights={path}"]
 
 
-def test_detect_cli_trains_distills_evaluates_and_resumes_exactly(coco_data, tmp_path, tiny_teacher, monkeypatch):
+def test_detect_cli_trains_distills_evaluates_and_resumes_exactly(
+    coco_data, tmp_path, tiny_teacher, monkeypatch, capsys
+):
     """train -> distill -> eval through the CLI; a distillation interrupted after step 2 and resumed
     ends with the same weights, optimizer and adapter states as an uninterrupted one."""
     args = [*_detect_args(coco_data, tmp_path), *_teacher_args(tiny_teacher), "distill.options.apd.adapter_channels=8"]
@@ -290,6 +354,11 @@ def test_detect_cli_trains_distills_evaluates_and_resumes_exactly(coco_data, tmp
     ckpt = str(tmp_path / "runs/whole/checkpoints/last.pt")
     assert main(["detect", "eval", recipe, *args, "--checkpoint", ckpt, "--json", str(out)]) == 0
     assert json.loads(out.read_text())["bbox_AP"] == pytest.approx(summary["val"]["bbox_AP"])
+
+    Path(tiny_teacher).write_bytes(Path(tiny_teacher).read_bytes() + b"retrained")  # the teacher file changes
+    capsys.readouterr()
+    assert main(["detect", "distill", recipe, *args, "name=whole", "--resume"]) == 2
+    assert "changed since this run started" in capsys.readouterr().err
 
 
 def test_detect_cli_user_errors(coco_data, tmp_path, capsys):

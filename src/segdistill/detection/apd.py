@@ -12,7 +12,8 @@ release has no such code. Ours (see the README section "Detection and instance s
   instance writes its class id (1..K) over its **mask** (``target: masks``, the default when the data
   has masks) or its **box** (``target: boxes``); instances are written largest first, so a smaller
   instance in front of a larger one keeps its pixels. Padding added to batch images of different
-  sizes is ignored (255). The map is resized to each level by nearest neighbour (inside APDLoss).
+  sizes and crowd regions (``iscrowd``, e.g. a Cityscapes group of cars) are ignored (255). The
+  map is resized to each level by nearest neighbour (inside APDLoss).
 * **Background is a class**: detection has no stuff labels, and an image often holds one thing class
   only; without a background prototype the adaptive classifier of such an image would have a single
   class and nothing to distil. With it, each image's perspective separates its objects from its own
@@ -29,6 +30,7 @@ release has no such code. Ours (see the README section "Detection and instance s
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..distill.apd import APDLoss
@@ -48,7 +50,8 @@ def instance_label_map(
 
     ``targets[b]``: ``boxes`` ``N x 4`` (x1, y1, x2, y2) and ``labels`` ``N`` in the resized image's
     pixels (and ``masks`` ``N x h x w`` for ``source="masks"``); ``image_sizes[b] = (h, w)``, the
-    image's size inside the padded ``batch_size_hw``. 0 is background, 255 the padding."""
+    image's size inside the padded ``batch_size_hw``; an optional ``ignore`` (``H0 x W0`` crowd pixels
+    at the image's original size) is resized to ``(h, w)``. 0 is background, 255 padding and crowds."""
     if source not in TARGETS:
         raise UserError(f"APD target must be one of {', '.join(TARGETS)}, got {source!r}")
     height, width = batch_size_hw
@@ -72,6 +75,9 @@ def instance_label_map(
                 x1, y1 = (int(v) for v in boxes[i, :2].floor().clamp(min=0).tolist())
                 x2, y2 = int(boxes[i, 2].ceil().clamp(max=w)), int(boxes[i, 3].ceil().clamp(max=h))
                 canvas[y1:y2, x1:x2] = labels[i]
+        if "ignore" in target:  # crowd regions, at the image's size before torchvision's resize
+            ignore = F.interpolate(target["ignore"][None, None].float(), size=(h, w), mode="nearest")[0, 0]
+            canvas[ignore > 0] = ignore_index
     return out
 
 

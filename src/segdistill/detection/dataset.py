@@ -3,8 +3,10 @@
 A sample is ``(image, target)``: ``image`` float32 ``3 x H x W`` in [0, 1] (torchvision's detectors
 normalise inside), ``target`` a dict with ``boxes`` float32 ``N x 4`` (x1, y1, x2, y2, pixels),
 ``labels`` int64 ``N`` (contiguous 1..K, 0 is background), ``masks`` uint8 ``N x H x W`` (when
-``masks=True``) and ``image_id`` (the COCO id). Crowd annotations (``iscrowd: 1``) are dropped from
-training targets, as torchvision's reference scripts do; COCO evaluation still sees them.
+``masks=True``), ``image_id`` (the COCO id) and, for an image with crowd annotations
+(``iscrowd: 1``), ``ignore`` uint8 ``H x W`` (their pixels: masks, or boxes without ``masks``). Crowds are
+not detection targets, as in torchvision's reference scripts (COCO evaluation still sees them);
+APD ignores their pixels.
 
 Every problem with the files raises :class:`~segdistill.errors.UserError` naming the file (and the
 annotation id where one is at fault).
@@ -57,8 +59,9 @@ def hflip_target(target: dict[str, torch.Tensor], width: int) -> dict[str, torch
     boxes = target["boxes"].clone()
     boxes[:, 0], boxes[:, 2] = width - target["boxes"][:, 2], width - target["boxes"][:, 0]
     out["boxes"] = boxes
-    if "masks" in target:
-        out["masks"] = target["masks"].flip(-1)
+    for key in ("masks", "ignore"):
+        if key in target:
+            out[key] = target[key].flip(-1)
     return out
 
 
@@ -91,10 +94,15 @@ class CocoDetection(Dataset):
         self.category_ids = [int(c["id"]) for c in categories]  # label i + 1 -> COCO id
         self.label_of = {cid: i + 1 for i, cid in enumerate(self.category_ids)}
         self.class_names = [str(c["name"]) for c in categories]
+        for i, image in enumerate(self.data["images"]):
+            if not (isinstance(image, dict) and isinstance(image.get("id"), int) and image.get("file_name")):
+                raise UserError(f"{self.ann_file}: images[{i}] needs an integer 'id' and a 'file_name'")
         self.images = sorted(self.data["images"], key=lambda im: im["id"])
         self.annotations: dict[int, list[dict]] = {int(im["id"]): [] for im in self.images}
         for ann in self.data["annotations"]:
-            image_id = int(ann.get("image_id", -1))
+            if not isinstance(ann, dict) or not isinstance(ann.get("image_id"), int):
+                raise UserError(f"{self.ann_file}: annotation {_ann_id(ann)} has no integer image_id")
+            image_id = int(ann["image_id"])
             if image_id not in self.annotations:
                 raise UserError(f"{self.ann_file}: annotation {ann.get('id')} refers to unknown image {image_id}")
             if int(ann.get("category_id", -1)) not in self.label_of:
@@ -139,26 +147,28 @@ class CocoDetection(Dataset):
 
     def _target(self, info: dict, height: int, width: int) -> dict[str, torch.Tensor]:
         boxes, labels, masks = [], [], []
+        crowd = np.zeros((height, width), dtype=bool)
         for ann in self.annotations[int(info["id"])]:
-            if ann.get("iscrowd", 0):
-                continue
-            bbox = ann.get("bbox")
-            if not (isinstance(bbox, list) and len(bbox) == 4):
-                raise UserError(f"{self.ann_file}: annotation {ann.get('id')} has no [x, y, w, h] bbox")
-            x, y, w, h = (float(v) for v in bbox)
-            if w < 1 or h < 1:
-                continue  # degenerate boxes are skipped, as torchvision's reference does
-            if x < -1 or y < -1 or x + w > width + 1 or y + h > height + 1:
+            try:
+                box = self._box(ann, info, height, width)
+                if box is None:
+                    continue
+                mask = self._mask(ann, height, width) if self.masks else None
+            except (KeyError, TypeError, ValueError, IndexError) as exc:  # malformed fields, bad RLE/polygons
                 raise UserError(
-                    f"{self.ann_file}: annotation {ann.get('id')} bbox {bbox} lies outside its "
-                    f"{width}x{height} image {info['file_name']}"
-                )
-            boxes.append([max(x, 0.0), max(y, 0.0), min(x + w, width), min(y + h, height)])
+                    f"{self.ann_file}: annotation {_ann_id(ann)} is malformed ({type(exc).__name__}: {exc})"
+                ) from exc
+            if ann.get("iscrowd", 0):  # not a training target; APD ignores its pixels
+                if mask is not None:
+                    crowd |= mask.astype(bool)
+                else:
+                    x1, y1, x2, y2 = (int(round(v)) for v in box)
+                    crowd[y1:y2, x1:x2] = True
+                continue
+            boxes.append(box)
             labels.append(self.label_of[int(ann["category_id"])])
-            if self.masks:
-                if "segmentation" not in ann:
-                    raise UserError(f"{self.ann_file}: annotation {ann.get('id')} has no segmentation (masks=True)")
-                masks.append(decode_mask(ann["segmentation"], height, width))
+            if mask is not None:
+                masks.append(mask)
         target = {
             "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
             "labels": torch.tensor(labels, dtype=torch.int64),
@@ -167,7 +177,43 @@ class CocoDetection(Dataset):
         if self.masks:
             stacked = np.stack(masks) if masks else np.zeros((0, height, width), dtype=np.uint8)
             target["masks"] = torch.from_numpy(stacked.astype(np.uint8))
+        if crowd.any():
+            target["ignore"] = torch.from_numpy(crowd.astype(np.uint8))  # H x W, crowd regions
         return target
+
+    def _box(self, ann: dict, info: dict, height: int, width: int) -> list[float] | None:
+        """The annotation's box as x1, y1, x2, y2 clipped to the image; None for a degenerate box."""
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4):
+            raise UserError(f"{self.ann_file}: annotation {_ann_id(ann)} has no [x, y, w, h] bbox")
+        x, y, w, h = (float(v) for v in bbox)
+        if x < -1 or y < -1 or x + w > width + 1 or y + h > height + 1:
+            raise UserError(
+                f"{self.ann_file}: annotation {_ann_id(ann)} bbox {bbox} lies outside its "
+                f"{width}x{height} image {info['file_name']}"
+            )
+        x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height))
+        if x2 - x1 < 1 or y2 - y1 < 1:
+            return None  # degenerate boxes are skipped, as torchvision's reference does
+        return [x1, y1, x2, y2]
+
+    def _mask(self, ann: dict, height: int, width: int) -> np.ndarray:
+        if "segmentation" not in ann:
+            raise UserError(
+                f"{self.ann_file}: annotation {_ann_id(ann)} has no segmentation, which Mask R-CNN and APD's "
+                "mask target need; for box-only data use a faster_rcnn model and distill.options.apd.target: boxes"
+            )
+        mask = decode_mask(ann["segmentation"], height, width)
+        if mask.shape != (height, width):
+            raise UserError(
+                f"{self.ann_file}: annotation {_ann_id(ann)} has a {mask.shape[1]}x{mask.shape[0]} mask "
+                f"for a {width}x{height} image"
+            )
+        return mask
+
+
+def _ann_id(ann: object) -> object:
+    return ann.get("id") if isinstance(ann, dict) else ann
 
 
 def collate_detection(batch: list) -> tuple[list[torch.Tensor], list[dict]]:

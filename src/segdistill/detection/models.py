@@ -65,8 +65,15 @@ def build_backbone(name: str, fpn_channels: int = 256, norm: str = "bn") -> nn.M
     if name == "mobilenet_v3_large":
         if fpn_channels != 256:
             raise UserError("mobilenet_v3_large FPN has 256 channels in torchvision; set fpn_channels: 256")
+        # stages at strides 4, 8, 16, 32 (+ P6), like the ResNet FPN; torchvision's default returns two
+        # stride-32 maps, which would leave nothing for small objects (and for APD to pair by size)
         return mobilenet_backbone(
-            backbone_name=name, weights=None, fpn=True, trainable_layers=6, norm_layer=NORMS[norm]
+            backbone_name=name,
+            weights=None,
+            fpn=True,
+            trainable_layers=6,
+            norm_layer=NORMS[norm],
+            returned_layers=[1, 2, 3, 5],
         )
     close = difflib.get_close_matches(name, BACKBONES, n=1)
     hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(BACKBONES)}"
@@ -101,7 +108,7 @@ def build_detector(
 
     ``num_classes`` counts the background. ``min_size``/``max_size``: torchvision's resize of the
     input (shorter side to ``min_size``, longer at most ``max_size``). ``anchor_sizes``: one size per
-    FPN level (ResNets: 5 levels; MobileNetV3: 3). ``representation_size``: width of the box head's
+    FPN level (5: P2..P6). ``representation_size``: width of the box head's
     two fully connected layers (torchvision: 1024). ``options``: any other constructor argument
     (``box_batch_size_per_image``, ``rpn_post_nms_top_n_train``, ...)."""
     if arch not in ARCHS:
@@ -111,7 +118,7 @@ def build_detector(
     options = dict(options or {})
     _check_options(arch, options)
     body = build_backbone(backbone, fpn_channels, norm)
-    levels = 5 if backbone in RESNETS else 3
+    levels = 5  # P2..P5 + P6 for every backbone built here
     sizes = list(anchor_sizes) if anchor_sizes else [16 * 2**i for i in range(levels)]
     if len(sizes) != levels:
         raise UserError(f"anchor_sizes needs one size per FPN level ({levels} for {backbone}), got {sizes}")

@@ -44,9 +44,10 @@ class DetectionTrainer(Trainer):
         return (images, targets), len(images)
 
     def evaluate(self) -> dict:
+        """COCO metrics in float32 whatever ``train.amp`` (torchvision decodes boxes in the regression
+        output's dtype: bf16 would round coordinates to whole pixels), as ``detect eval`` does."""
         assert self.val_loader is not None
-        with self.autocast():
-            return evaluate_detector(self.model, self.val_loader, self.gt_data, self.category_ids, self.device)
+        return evaluate_detector(self.model, self.val_loader, self.gt_data, self.category_ids, self.device)
 
 
 def _resolve(root: Path, path: str) -> Path:
@@ -224,12 +225,38 @@ def run_detect_distill(config: DetectionConfig, resume: bool = False, console: C
                 f"teacher.{key} ({getattr(config.teacher, key)}) != model.{key} ({getattr(config.model, key)}): "
                 "teacher and student see the same resized batch"
             )
+    for key in ("image_mean", "image_std"):
+        if config.teacher.options.get(key) != config.model.options.get(key):
+            raise UserError(
+                f"teacher.options.{key} != model.options.{key}: teacher and student see the same normalised batch"
+            )
+    check_teacher_file(config, resume)
 
     def task(student: nn.Module, num_classes: int, device: torch.device) -> nn.Module:
         teacher = build_detector(config.teacher, num_classes).to(device)
         return build_detection_distiller(config, student, teacher, num_classes, device)
 
     return _run(config, resume, console, task)
+
+
+def check_teacher_file(config: DetectionConfig, resume: bool) -> None:
+    """Record the teacher file's SHA-256 in ``runs/<name>/teacher.sha256``; a resumed run whose
+    teacher file has changed since (a teacher run resumed or retrained in place) is refused."""
+    from ..engine.checkpoint import sha256
+
+    assert config.teacher is not None and config.teacher.weights
+    path = Path(config.teacher.weights)
+    if not path.is_file():
+        raise UserError(f"teacher weights not found: {path} (train the teacher first)")
+    digest = sha256(path)
+    record = config.run_dir / "teacher.sha256"
+    if resume and record.is_file() and record.read_text().strip() != digest:
+        raise UserError(
+            f"the teacher file {path} changed since this run started ({record}); resume with the same teacher, "
+            "or start a new run with another name="
+        )
+    prepare_run_dir(config.run_dir)
+    record.write_text(digest + "\n")
 
 
 def run_detect_eval(config: DetectionConfig, checkpoint: str, console: Console | None = None) -> dict:
