@@ -392,3 +392,12 @@ def test_data_coco_command_writes_annotations(tiny_data, tmp_path):
     assert main(["data", "coco", str(root), "--splits", "val"]) == 0
     data = json.loads((root / "annotations/instances_val.json").read_text())
     assert len(data["images"]) == 4 and data["annotations"]
+
+
+def test_data_synth_coco_writes_both_splits(tmp_path):
+    out = tmp_path / "gen"
+    args = ["--out", str(out), "--train", "2", "--val", "1", "--height", "64", "--width", "128", "--workers", "1"]
+    assert main(["data", "synth", *args, "--coco"]) == 0
+    for split, count in (("train", 2), ("val", 1)):
+        data = json.loads((out / f"annotations/instances_{split}.json").read_text())
+        assert len(data["images"]) == count and (out / data["images"][0]["file_name"]).is_file()
