@@ -16,7 +16,7 @@ from segdistill.detection.apd import DetectionAPDLoss, instance_label_map, pair_
 from segdistill.detection.coco import CATEGORIES, cityscapes_to_coco, decode_mask, write_coco
 from segdistill.detection.dataset import CocoDetection, collate_detection
 from segdistill.detection.evaluate import coco_stats
-from segdistill.detection.models import build_detector
+from segdistill.detection.models import build_detector, fpn_shapes
 from segdistill.detection.task import DetectionDistiller
 from segdistill.engine.checkpoint import load_training_checkpoint
 from segdistill.errors import UserError
@@ -219,12 +219,7 @@ def test_levels_pair_by_size_across_backbones():
     student = build_detector("faster_rcnn", "mobilenet_v3_large", 3)
     teacher = build_detector("faster_rcnn", "resnet18", 3, fpn_channels=32)
 
-    def shapes(model):
-        model.eval()
-        with torch.no_grad():
-            return {k: tuple(v.shape[1:]) for k, v in model.backbone(torch.zeros(1, 3, 64, 128)).items()}
-
-    s, t = shapes(student), shapes(teacher)
+    s, t = fpn_shapes(student, (64, 128)), fpn_shapes(teacher, (64, 128))
     pairs = pair_levels(s, t)
     assert pairs == [("0", "0"), ("1", "1"), ("2", "2"), ("3", "3")]  # strides 4, 8, 16, 32 on both
     assert all(s[a][-2:] == t[b][-2:] for a, b in pairs)
@@ -264,10 +259,7 @@ def test_two_iteration_apd_distillation_trains_only_the_student(coco_data):
     kw = {"min_size": 64, "max_size": 128, "options": {"box_batch_size_per_image": 32}}
     student = build_detector("mask_rcnn", "resnet18", 9, fpn_channels=16, representation_size=32, **kw)
     teacher = build_detector("mask_rcnn", "resnet18", 9, fpn_channels=32, representation_size=32, **kw)
-    levels = pair_levels(
-        {k: tuple(v.shape[1:]) for k, v in student.backbone(torch.zeros(1, 3, 64, 128)).items()},
-        {k: tuple(v.shape[1:]) for k, v in teacher.backbone(torch.zeros(1, 3, 64, 128)).items()},
-    )
+    levels = pair_levels(fpn_shapes(student, (64, 128)), fpn_shapes(teacher, (64, 128)))
     assert [a for a, _ in levels] == ["0", "1", "2", "3"]
     apd = DetectionAPDLoss(9, 16, 32, levels, adapter_channels=16)
     task = DetectionDistiller(student, teacher, apd)

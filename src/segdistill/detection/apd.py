@@ -119,27 +119,15 @@ class DetectionAPDLoss(nn.Module):
         levels: list[tuple[str, str]],
         *,
         target: str = "masks",
-        adapter: bool = True,
-        adapter_channels: int = 512,
-        scale: float = 10.0,
-        scope: str = "batch",
-        teacher_adapter_lr: float = 1e-5,
+        **apd_options,
     ) -> None:
+        """``apd_options``: :class:`~segdistill.distill.apd.APDLoss`'s keyword options, its defaults."""
         super().__init__()
         if target not in TARGETS:
             raise UserError(f"distill.options.apd.target must be one of {', '.join(TARGETS)}, got {target!r}")
         self.levels = list(levels)
         self.target = target
-        self.apd = APDLoss(
-            num_classes,
-            student_channels,
-            teacher_channels,
-            adapter=adapter,
-            adapter_channels=adapter_channels,
-            scale=scale,
-            scope=scope,
-            teacher_adapter_lr=teacher_adapter_lr,
-        )
+        self.apd = APDLoss(num_classes, student_channels, teacher_channels, **apd_options)
 
     def own_optimizers(self) -> list[tuple[str, nn.Module, torch.optim.Optimizer]]:
         return self.apd.own_optimizers()

@@ -132,16 +132,19 @@ def build_detector(
     return ARCHS[arch](body, min_size=min_size, max_size=max_size, rpn_anchor_generator=anchors, **heads, **options)
 
 
-def fpn_levels(model: nn.Module, size: tuple[int, int] = (128, 256)) -> dict[str, int]:
-    """``{level name: channels}`` of the detector's FPN on a ``size`` input (one forward of the backbone)."""
+def fpn_shapes(
+    model: nn.Module, size: tuple[int, int] = (128, 256), device: torch.device | str = "cpu"
+) -> dict[str, tuple[int, ...]]:
+    """``{level name: (C, h, w)}`` of the detector's FPN on one ``size`` input (eval mode, no grad;
+    the model's mode is restored)."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            features = model.backbone(torch.zeros(1, 3, *size))
+            features = model.backbone(torch.zeros(1, 3, *size, device=device))
     finally:
         model.train(was_training)
-    return {name: int(f.shape[1]) for name, f in features.items()}
+    return {name: tuple(f.shape[1:]) for name, f in features.items()}
 
 
 def detector_from_config(cfg: Any, num_classes: int) -> nn.Module:

@@ -12,6 +12,7 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..config import save_config
 from ..data.sampling import EpochBatchSampler, SeededSamples
 from ..engine.builders import load_weights, write_summary
 from ..engine.checkpoint import prepare_run_dir
@@ -21,7 +22,7 @@ from ..models import count_parameters
 from .config import DetectionConfig
 from .dataset import CocoDetection, collate_detection
 from .evaluate import describe, evaluate_detector
-from .models import detector_from_config
+from .models import detector_from_config, fpn_shapes
 from .task import DetectionDistiller, DetectionSupervisedTask
 
 
@@ -72,8 +73,9 @@ def needs_masks(config: DetectionConfig) -> bool:
     """Masks are loaded for Mask R-CNN and for APD pooling under masks."""
     if config.model.arch == "mask_rcnn":
         return True
-    options = (config.distill.options.get("apd", {}) if config.distill else {}) or {}
-    return config.distill is not None and options.get("target", "masks") == "masks"
+    if config.distill is None:
+        return False
+    return (config.distill.options.get("apd") or {}).get("target", "masks") == "masks"
 
 
 def build_detection_datasets(config: DetectionConfig, console: Console) -> tuple[CocoDetection, CocoDetection]:
@@ -121,7 +123,8 @@ def build_detection_loaders(config: DetectionConfig, train: CocoDetection, val: 
     return train_loader, val_loader
 
 
-def build_detector(cfg, num_classes: int) -> nn.Module:
+def detector_with_weights(cfg, num_classes: int) -> nn.Module:
+    """:func:`detector_from_config`, then ``cfg.weights`` loaded when set."""
     model = detector_from_config(cfg, num_classes)
     if cfg.weights:
         load_weights(model, cfg.weights)
@@ -145,9 +148,7 @@ def _run(config: DetectionConfig, resume: bool, console: Console | None, make_ta
     train_set, val_set = build_detection_datasets(config, console)
     num_classes = num_classes_of(config, train_set)
     train_loader, val_loader = build_detection_loaders(config, train_set, val_set)
-    model = build_detector(config.model, num_classes).to(device)
-    from ..config import save_config
-
+    model = detector_with_weights(config.model, num_classes).to(device)
     save_config(config, config.run_dir / "config.yaml")
     task = make_task(model, num_classes, device)
     trainer = DetectionTrainer(
@@ -192,15 +193,7 @@ def build_detection_distiller(
         raise UserError(f"detection distillation supports methods: [apd], got {config.distill.methods}")
     size = (config.model.min_size, config.model.max_size)
 
-    def shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
-        was = model.training
-        model.eval()
-        with torch.no_grad():
-            out = model.backbone(torch.zeros(1, 3, *size, device=device))
-        model.train(was)
-        return {k: tuple(v.shape[1:]) for k, v in out.items()}
-
-    student_shapes, teacher_shapes = shapes(student), shapes(teacher)
+    student_shapes, teacher_shapes = fpn_shapes(student, size, device), fpn_shapes(teacher, size, device)
     levels = pair_levels(student_shapes, teacher_shapes)
     options = dict(config.distill.options.get("apd", {}) or {})
     unknown_options = set(options) - {"target", "adapter", "adapter_channels", "scale", "scope", "teacher_adapter_lr"}
@@ -233,7 +226,7 @@ def run_detect_distill(config: DetectionConfig, resume: bool = False, console: C
     check_teacher_file(config, resume)
 
     def task(student: nn.Module, num_classes: int, device: torch.device) -> nn.Module:
-        teacher = build_detector(config.teacher, num_classes).to(device)
+        teacher = detector_with_weights(config.teacher, num_classes).to(device)
         return build_detection_distiller(config, student, teacher, num_classes, device)
 
     return _run(config, resume, console, task)

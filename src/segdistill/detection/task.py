@@ -15,30 +15,14 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ..engine.task import StepOutput, split_param_groups
+from ..engine.task import StepOutput, SupervisedTask, split_param_groups
 from ..errors import UserError
 from .apd import DetectionAPDLoss, instance_label_map
 
 
-class DetectionSupervisedTask(nn.Module):
-    """Plain training: the detector's own losses, summed (torchvision's recipe)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.student = model
-
-    @property
-    def extra_steps(self) -> list:
-        return []
-
-    def param_groups(self, lr: float, head_lr_mult: float) -> list[dict]:
-        return split_param_groups(self.student, lr, head_lr_mult)
-
-    def trainable_state_dict(self) -> dict:
-        return {}
-
-    def load_trainable_state_dict(self, state: dict) -> None:
-        del state
+class DetectionSupervisedTask(SupervisedTask):
+    """Plain training: the detector's own losses, summed (torchvision's recipe). The trainer
+    interface (param groups, no extra modules) is :class:`~segdistill.engine.task.SupervisedTask`'s."""
 
     def forward(self, images: list[torch.Tensor], targets: list[dict]) -> StepOutput:
         losses = self.student(images, targets)
