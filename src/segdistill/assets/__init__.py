@@ -10,7 +10,9 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
+from ..base.weights_io import sha256
 from ..errors import UserError
 
 ASSETS_DIR = Path(__file__).resolve().parent
@@ -37,10 +39,6 @@ def shipped_entry(name: str) -> dict:
 
 def load_shipped(name: str) -> tuple[dict[str, torch.Tensor], str]:
     """The state dict of shipped weights ``name`` after checking the file's SHA-256."""
-    from safetensors.torch import load_file
-
-    from ..engine.checkpoint import sha256
-
     entry = shipped_entry(name)
     path = ASSETS_DIR / entry["file"]
     if not path.is_file():

@@ -1,5 +1,5 @@
 """Segmentation datasets: Cityscapes (``leftImg8bit`` + ``gtFine`` labelIds) and a name registry
-(the other standard datasets, in :mod:`segdistill.data.standard`, register themselves in it).
+(which also holds the other standard datasets of :mod:`segdistill.data.standard`).
 
 A sample is ``{"image": float32 3xHxW (ImageNet-normalised), "label": int64 HxW (train ids, 255 =
 ignore), "name": str}``. Every problem with the files on disk raises :class:`UserError` with a
@@ -8,52 +8,31 @@ one-line message naming the offending path.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from segdistill.data.labels import IGNORE_INDEX, PALETTE, TRAIN_CLASSES, VALID_LABEL_IDS, id_to_train_id_lut
-from segdistill.data.transforms import normalize
-from segdistill.errors import UserError
+from ..errors import UserError
+from .labels import IGNORE_INDEX, PALETTE, TRAIN_CLASSES, VALID_LABEL_IDS, id_to_train_id_lut
+from .samples import Transform, load_image, load_label, make_sample
+from .standard import STANDARD_DATASETS
 
-Transform = Callable[..., dict[str, Any]]
+__all__ = [
+    "DATASETS",
+    "CityscapesDataset",
+    "Transform",
+    "build_dataset",
+    "class_names",
+    "dataset_class",
+    "load_image",
+    "load_label",
+    "make_sample",
+]
 
 _IMAGE_SUFFIX = "_leftImg8bit.png"
 _LABEL_SUFFIX = "_gtFine_labelIds.png"
-# Exceptions PIL raises for missing, truncated or malformed files (UnidentifiedImageError is an
-# OSError; broken PNG chunks raise SyntaxError; DecompressionBombError is its own class).
-_PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
-def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file as RGB uint8 HxWx3; UserError naming the file if it cannot be decoded."""
-    try:
-        with Image.open(path) as img:
-            array = np.array(img.convert("RGB"), dtype=np.uint8)
-    except _PIL_ERRORS as exc:
-        raise UserError(f"cannot read image {path}: {_one_line(exc)}") from exc
-    return np.ascontiguousarray(array)
-
-
-def load_label(path: str | Path) -> np.ndarray:
-    """Read a single-channel label PNG as an integer HxW array (uint8 for 8-bit files, as stored)."""
-    try:
-        with Image.open(path) as img:
-            if img.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
-                raise UserError(f"label {path} must be a single-channel image, got mode {img.mode}")
-            array = np.array(img)
-    except _PIL_ERRORS as exc:
-        raise UserError(f"cannot read label {path}: {_one_line(exc)}") from exc
-    return np.ascontiguousarray(array)
 
 
 class CityscapesDataset(Dataset):
@@ -134,37 +113,12 @@ class CityscapesDataset(Dataset):
                            self._stem(self.images[index]))  # fmt: skip
 
 
-def make_sample(
-    image_path: Path, label_path: Path, mask: np.ndarray, transform: Transform | None, name: str
-) -> dict[str, Any]:
-    """Read the image, check it matches its label ``mask`` (train ids, uint8 HxW), augment both,
-    normalise: ``{"image": float32 3xHxW, "label": int64 HxW, "name"}``."""
-    image = load_image(image_path)
-    if image.shape[:2] != mask.shape:
-        raise UserError(
-            f"image {image_path} is {image.shape[1]}x{image.shape[0]} (WxH) but its label "
-            f"{label_path} is {mask.shape[1]}x{mask.shape[0]}"
-        )
-    if transform is not None:
-        out = transform(image=image, mask=mask)
-        image, mask = out["image"], out["mask"]
-    return {
-        "image": normalize(image),
-        "label": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)),
-        "name": name,
-    }
-
-
-DATASETS: dict[str, type[Dataset]] = {"cityscapes": CityscapesDataset}
-
-
-def _register_standard() -> None:
-    from . import standard  # noqa: F401  (registers ADE20K, PASCAL-Context, VOC, CamVid)
+# Every dataset by name: Cityscapes here, the other standard datasets from :mod:`.standard`.
+DATASETS: dict[str, type[Dataset]] = {"cityscapes": CityscapesDataset, **STANDARD_DATASETS}
 
 
 def dataset_class(name: str) -> type[Dataset]:
     """The dataset class registered under ``name``; UserError listing the valid names."""
-    _register_standard()
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(DATASETS))}")
     return DATASETS[name]
@@ -177,7 +131,6 @@ def class_names(name: str) -> list[str]:
 
 def build_dataset(name: str, root: str | Path, split: str, transform: Transform | None = None) -> Dataset:
     """Instantiate the dataset registered under ``name`` (see :data:`DATASETS`)."""
-    _register_standard()
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(DATASETS))}")
     return DATASETS[name](root, split, transform=transform)

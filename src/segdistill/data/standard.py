@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from ..errors import UserError
 from .classes import ADE20K_CLASSES, CAMVID_CLASSES, PASCAL_CONTEXT_59_CLASSES, PASCAL_CONTEXT_60_CLASSES, VOC_CLASSES
-from .datasets import DATASETS, Transform, load_label, make_sample
+from .samples import Transform, load_label, make_sample
 
 IGNORE = 255
 
@@ -218,9 +218,6 @@ class CamVidDataset(PairedFolderDataset):
         return [(image, labels / image.name) for image in images]
 
 
-DATASETS.update(
-    {
-        cls.name: cls
-        for cls in (ADE20KDataset, PascalContextDataset, PascalContext59Dataset, VOCAugDataset, CamVidDataset)
-    }
-)
+STANDARD_DATASETS: dict[str, type[Dataset]] = {
+    cls.name: cls for cls in (ADE20KDataset, PascalContextDataset, PascalContext59Dataset, VOCAugDataset, CamVidDataset)
+}

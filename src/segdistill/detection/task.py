@@ -15,7 +15,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ..engine.task import StepOutput, SupervisedTask, split_param_groups
+from ..base.step import StepOutput, split_param_groups
+from ..engine.task import SupervisedTask
 from ..errors import UserError
 from .apd import DetectionAPDLoss, instance_label_map
 

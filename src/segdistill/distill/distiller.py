@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engine.inference import output_logits
-from ..engine.task import StepOutput, segmentation_losses, split_param_groups
+from ..base.outputs import output_logits
+from ..base.step import StepOutput, segmentation_losses, split_param_groups
 from ..errors import UserError
 from .base import DistillLoss
 from .taps import TapRecorder, find_module

@@ -7,25 +7,15 @@ otherwise the mean of the softmax over scales and flips (argmax is what matters 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..base.outputs import output_logits
 
-def output_logits(output: object) -> torch.Tensor:
-    """The main logits from any segmentation model's output: a tensor, or a mapping with ``"out"``
-    (ours, torchvision), or a tuple/list whose first item is the logits."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, Mapping):
-        if "out" in output:
-            return output["out"]
-        raise ValueError(f"model output mapping has no 'out' key (keys: {list(output)})")
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    raise ValueError(f"cannot find logits in model output of type {type(output).__name__}")
+__all__ = ["forward_logits", "output_logits", "predict", "slide_logits"]
 
 
 def forward_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:

@@ -10,8 +10,7 @@ from rich.console import Console
 from torch import nn
 
 from ..config import Config, save_config
-from ..models import count_parameters
-from ..report.profile import count_flops
+from ..models import count_flops, count_parameters
 from .builders import build_datasets, build_loaders, build_model, load_weights, write_summary
 from .checkpoint import prepare_run_dir
 from .evaluator import collate_eval, evaluate, protocol

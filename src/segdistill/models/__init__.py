@@ -1,6 +1,7 @@
 from .backbones import KNOWN_BACKBONES, TimmBackbone
 from .heads import ASPPHead, FCNHead, PSPHead
-from .segmentor import Segmentor, build_segmentor, count_parameters
+from .measure import count_flops, count_parameters
+from .segmentor import Segmentor, build_segmentor
 
 __all__ = [
     "KNOWN_BACKBONES",
@@ -10,5 +11,6 @@ __all__ = [
     "Segmentor",
     "TimmBackbone",
     "build_segmentor",
+    "count_flops",
     "count_parameters",
 ]

@@ -8,6 +8,7 @@ import timm
 import torch
 from torch import nn
 
+from ..base.weights_io import load_weights_file
 from ..errors import UserError
 
 # Backbones we test; any other timm model with features_only and output_stride support also works.
@@ -70,8 +71,6 @@ class TimmBackbone(nn.Module):
 def _check_weights_file(path: Path) -> None:
     """Load a local pretrained-weights file safely once (safetensors, or ``torch.load(weights_only=True)``)
     so that a file cut short by an interrupted download, or one carrying pickled code, is named."""
-    from ..engine.checkpoint import load_weights_file
-
     try:
         load_weights_file(path)
     except UserError as exc:

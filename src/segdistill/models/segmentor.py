@@ -80,7 +80,3 @@ def build_segmentor(
         raise UserError(f"unknown head {head!r}; choose one of: {', '.join(HEADS)}")
     aux_head = FCNHead(c3, num_classes, dropout=dropout) if aux else None
     return Segmentor(body, decode, aux_head)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

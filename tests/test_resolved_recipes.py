@@ -1,0 +1,35 @@
+"""Every shipped recipe resolves to exactly the config it resolved to before the architecture
+refactor (issue 13). ``tests/data/resolved_recipes.json`` was written by resolving each recipe with
+the code of commit e4dd284 (the main before the refactor):
+``python tests/data/snapshot_configs.py src/segdistill/configs tests/data/resolved_recipes.json``, where the
+script loads each YAML with ``load_config`` (the detection schema under ``detection/``) and dumps
+``config_to_dict``. A change to a recipe or a schema default that alters what a recipe trains
+fails here; an intended change must regenerate the file and say so in its commit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from segdistill.config import config_to_dict, load_config
+from segdistill.detection.config import DetectionConfig
+
+RECIPES = Path(__file__).resolve().parents[1] / "src" / "segdistill" / "configs"
+STORED = json.loads((Path(__file__).parent / "data" / "resolved_recipes.json").read_text())
+
+
+def test_every_shipped_recipe_is_stored() -> None:
+    shipped = sorted(p.relative_to(RECIPES).as_posix() for p in RECIPES.rglob("*.yaml"))
+    assert shipped == sorted(STORED)
+
+
+@pytest.mark.parametrize("recipe", sorted(STORED))
+def test_recipe_resolves_as_before(recipe: str) -> None:
+    schema = DetectionConfig if "/detection/" in recipe else None
+    path = RECIPES / recipe
+    config = load_config(path, [], schema=schema) if schema else load_config(path, [])
+    # through JSON, as stored: tuples become lists, keys strings
+    resolved = json.loads(json.dumps(config_to_dict(config), sort_keys=True))
+    assert resolved == STORED[recipe]
