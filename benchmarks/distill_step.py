@@ -21,7 +21,7 @@ import torch
 from segdistill.config import load_config
 from segdistill.engine.builders import build_datasets, build_model
 from segdistill.engine.run import build_distiller
-from segdistill.engine.task import SupervisedTask
+from segdistill.engine.task import SupervisedTask, train_step
 from segdistill.engine.trainer import autocast_context
 from segdistill.quickstart import recipe_path
 
@@ -44,24 +44,12 @@ def make(method: str):
     return config, task, torch.optim.SGD(groups, lr=config.train.lr, momentum=0.9, weight_decay=1e-4)
 
 
-def own_steps(out, steps) -> None:
-    for name, _, own in steps:
-        own.zero_grad(set_to_none=True)
-        out.extra_losses[name].backward()
-        own.step()
-
-
 def step(config, task, optimizer, images, labels) -> None:
     if config.train.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     with autocast_context(torch.device("cpu"), config.train.amp):
         out = task(images, labels)
-    late = getattr(task, "steps_after_student", frozenset())
-    own_steps(out, [s for s in task.extra_steps if s[0] not in late])
-    optimizer.zero_grad(set_to_none=True)
-    out.total.backward()
-    optimizer.step()
-    own_steps(out, [s for s in task.extra_steps if s[0] in late])
+    train_step(task, out, optimizer)
 
 
 def main() -> None:

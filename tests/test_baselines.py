@@ -29,6 +29,7 @@ from segdistill.distill import (
     probe_channels,
 )
 from segdistill.distill.methods import MethodContext, build_methods
+from segdistill.engine.task import train_step
 
 DT = torch.float64
 IGNORE = 255
@@ -718,7 +719,7 @@ def test_dist_aux_without_aux_logits_is_a_user_error():
 
 def test_skd_distiller_two_trainer_steps():
     """A Distiller with SKD (KD + pair-wise + hinge GAN) on tiny segmentors runs two steps in the trainer's
-    order (own steps not in steps_after_student, student step, then the discriminator's): finite losses,
+    order (engine.task.train_step: own steps before the student, student step, then the discriminator's): finite losses,
     teacher untouched, student and discriminator updated."""
     torch.manual_seed(18)
     taps = {"feat": "head.dropout", "logits": "head.classifier"}
@@ -727,7 +728,7 @@ def test_skd_distiller_two_trainer_steps():
     ctx = MethodContext(K, probe_channels(student, taps), probe_channels(teacher, taps))
     losses, weights = build_methods(["skd"], ctx, {}, {})
     distiller = Distiller(student, teacher, taps, taps, losses, weights)
-    assert distiller.steps_after_student == {"adv_d"}
+    assert [(s.term, s.after_student) for s in distiller.own_steps()] == [("adv_d", True)]
     disc = distiller.losses["adv"].discriminator
     teacher_before = {n: p.detach().clone() for n, p in teacher.named_parameters()}
     disc_before = [p.detach().clone() for p in disc.parameters()]
@@ -735,15 +736,6 @@ def test_skd_distiller_two_trainer_steps():
     params = [p for group in distiller.param_groups(0.01, 10.0) for p in group["params"]]
     assert not {id(p) for p in disc.parameters()} & {id(p) for p in params}
     optimizer = torch.optim.SGD(params, lr=0.01)
-    late = distiller.steps_after_student
-
-    def own_steps(out, steps):
-        for name, _module, opt in steps:
-            term = out.extra_losses[name]
-            opt.zero_grad(set_to_none=True)
-            if term.requires_grad and float(term.detach()) > 0.0:  # the trainer skips empty batches
-                term.backward()
-                opt.step()
 
     distiller.train()
     for _ in range(2):
@@ -751,13 +743,9 @@ def test_skd_distiller_two_trainer_steps():
         targets = torch.randint(0, K, (2, 64, 64))
         targets[:, :8] = IGNORE
         out = distiller(images, targets)
-        assert set(out.losses) == {"ce", "aux_ce", "kd", "skd_pa", "adv"} and set(out.extra_losses) == {"adv_d"}
-        assert all(torch.isfinite(v) for v in [*out.losses.values(), *out.extra_losses.values()])
-        own_steps(out, [s for s in distiller.extra_steps if s[0] not in late])
-        optimizer.zero_grad(set_to_none=True)
-        out.total.backward()
-        optimizer.step()
-        own_steps(out, [s for s in distiller.extra_steps if s[0] in late])
+        assert set(out.losses) == {"ce", "aux_ce", "kd", "skd_pa", "adv"} and set(out.own_losses) == {"adv_d"}
+        assert all(torch.isfinite(v) for v in [*out.losses.values(), *out.own_losses.values()])
+        train_step(distiller, out, optimizer)
     for n, p in teacher.named_parameters():
         assert p.grad is None and torch.equal(p, teacher_before[n]), n
     assert not teacher.training

@@ -268,14 +268,14 @@ def test_two_iteration_apd_distillation_trains_only_the_student(coco_data):
     adapter_before = [p.clone() for p in apd.apd.teacher_adapter.parameters()]
     data = CocoDetection(coco_data, coco_data / "annotations/instances_train.json", masks=True)
     optimizer = torch.optim.SGD(task.param_groups(0.01, 1.0), lr=0.01, momentum=0.9)
-    (name, module, own) = task.extra_steps[0]
+    (name, module, own, _) = task.own_steps()[0]
     for step in range(2):
         images, targets = collate_detection([data[2 * step], data[2 * step + 1]])
         out = task(images, targets)
         assert {"loss_classifier", "loss_mask", "apd_kl", "apd_align"} <= set(out.losses)
-        assert all(torch.isfinite(v) for v in out.losses.values()) and torch.isfinite(out.extra_losses[name])
+        assert all(torch.isfinite(v) for v in out.losses.values()) and torch.isfinite(out.own_losses[name])
         own.zero_grad()
-        out.extra_losses[name].backward()
+        out.own_losses[name].backward()
         own.step()
         optimizer.zero_grad()
         out.total.backward()

@@ -6,6 +6,7 @@ from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large, lraspp
 
 from segdistill import Distiller, UserError, build_segmentor
 from segdistill.distill import APDLoss, KDLoss, probe_channels
+from segdistill.engine.task import train_step
 
 K = 5
 
@@ -27,13 +28,7 @@ def run_steps(distiller, steps=2, size=(64, 64)):
         targets = torch.randint(0, K, (2, *size))
         targets[:, :4] = 255
         out = distiller(images, targets)
-        for name, _, own in distiller.extra_steps:
-            own.zero_grad()
-            out.extra_losses[name].backward()
-            own.step()
-        opt.zero_grad()
-        out.total.backward()
-        opt.step()
+        train_step(distiller, out, opt)
     return out
 
 
@@ -56,7 +51,7 @@ def test_ours_to_ours_with_different_widths():
     student_before = [p.detach().clone() for p in student.parameters()]
     out = run_steps(distiller)
     assert set(out.losses) == {"ce", "aux_ce", "apd_kl", "apd_align", "kd"}
-    assert set(out.extra_losses) == {"apd_teacher_ce"}
+    assert set(out.own_losses) == {"apd_teacher_ce"}
     assert all(torch.isfinite(v) for v in out.losses.values())
     assert out.logits.shape == (2, K, 64, 64)
     assert_teacher_untouched(distiller, before)

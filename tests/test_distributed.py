@@ -49,6 +49,7 @@ def overrides(tiny_overrides: list[str], **values: object) -> list[str]:
     return kept + [f"{k.replace('__', '.')}={v}" for k, v in values.items()]
 
 
+@pytest.mark.slow
 def test_two_processes_train_and_evaluate_like_one(tiny_overrides, tmp_path, capsys):
     """2 gloo processes, 2 images each per step: rank 0 writes the outputs, the checkpoint holds both
     ranks' RNG states, and the all-reduced evaluation of the sharded val split equals a one-process
@@ -73,6 +74,7 @@ def test_two_processes_train_and_evaluate_like_one(tiny_overrides, tmp_path, cap
     assert single["mIoU"] == summary["val"]["mIoU"] and single["iou"] == summary["val"]["iou"]
 
 
+@pytest.mark.slow
 def test_a_rank_that_dies_stops_the_others_with_an_error(tiny_overrides, tmp_path):
     """SIGKILL rank 1 mid-training: rank 0 exits with one 'error: ...' line and status 2 within
     seconds instead of hanging in the next collective."""
@@ -95,6 +97,7 @@ def test_a_rank_that_dies_stops_the_others_with_an_error(tiny_overrides, tmp_pat
     assert not (tmp_path / "runs/dies/summary.json").exists()
 
 
+@pytest.mark.slow
 def test_a_killed_two_process_run_resumes_exactly(tiny_overrides, tmp_path):
     """Both ranks SIGKILLed mid-run and relaunched with --resume end with the weights and metrics of
     an uninterrupted 2-process run (each rank restores its own RNG state and log window)."""
@@ -133,6 +136,7 @@ def test_a_killed_two_process_run_resumes_exactly(tiny_overrides, tmp_path):
     assert records("reference") == records("killed")
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_with_the_whole_batch(tiny_overrides, tiny_data, tmp_path):
     """2 gloo processes with 2 images each (BatchNorm statistics all-reduced) train the same model as
     1 process with all 4: losses, weights and metrics equal within float tolerance. Per-process loss

@@ -10,6 +10,7 @@ import torch
 from segdistill.config import load_config
 from segdistill.engine.builders import build_model
 from segdistill.engine.run import build_distiller
+from segdistill.engine.task import train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC_METHODS = ["kd", "fitnet", "at", "skd", "ifvd", "cwd", "dist", "cirkd", "apd"]
@@ -79,29 +80,18 @@ def test_every_synthetic_recipe_builds_and_steps(method):
     groups = distiller.param_groups(0.01, 10.0)
     opt = torch.optim.SGD([p for g in groups for p in g["params"]], lr=0.01, momentum=0.9)
     teacher_before = [p.detach().clone() for p in teacher.parameters()]
-    own_before = {n: [p.detach().clone() for p in m.parameters()] for n, m, _ in distiller.extra_steps}
+    own_before = {s.term: [p.detach().clone() for p in s.module.parameters()] for s in distiller.own_steps()}
     distiller.train()
     for _ in range(2):
         images, labels = torch.randn(2, 3, 64, 64), torch.randint(0, 19, (2, 64, 64))
         labels[:, :8] = 255
         out = distiller(images, labels)
-        late = distiller.steps_after_student
-        for name, _, own in [s for s in distiller.extra_steps if s[0] not in late]:
-            own.zero_grad()
-            out.extra_losses[name].backward()
-            own.step()
-        opt.zero_grad()
-        out.total.backward()
-        opt.step()
-        for name, _, own in [s for s in distiller.extra_steps if s[0] in late]:
-            own.zero_grad()
-            out.extra_losses[name].backward()
-            own.step()
+        train_step(distiller, out, opt)
     assert EXPECTED_TERMS[method] <= set(out.losses), set(out.losses)
     assert all(torch.isfinite(v) for v in out.losses.values())
     assert all(torch.equal(a, b) for a, b in zip(teacher_before, teacher.parameters()))
-    for name, module, _ in distiller.extra_steps:
-        assert any(not torch.equal(a, b) for a, b in zip(own_before[name], module.parameters())), name
+    for step in distiller.own_steps():
+        assert any(not torch.equal(a, b) for a, b in zip(own_before[step.term], step.module.parameters())), step.term
 
 
 def test_methods_combine_with_per_method_weights():

@@ -29,7 +29,8 @@ def test_param_groups_head_at_10x_and_adapters_split_between_optimizers():
     # the student adapter trains with the student at the head's rate; the teacher adapter does not
     assert groups["distill"]["lr"] == pytest.approx(0.1)
     assert ids["distill"] == {id(p) for p in apd.student_adapter.parameters()}
-    ((term, module, optimizer),) = distiller.extra_steps
+    ((term, module, optimizer, after_student),) = distiller.own_steps()
+    assert not after_student
     assert term == "apd_teacher_ce" and module is apd.teacher_adapter
     assert isinstance(optimizer, torch.optim.Adam)
     assert optimizer.defaults["lr"] == 1e-5 and optimizer.defaults["betas"] == (0.9, 0.99)

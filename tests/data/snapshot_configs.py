@@ -1,8 +1,12 @@
 """Resolve every shipped recipe with the current code and dump the resolved configs as JSON."""
-import json, sys
+
+import json
+import sys
 from pathlib import Path
-from segdistill.config import load_config, config_to_dict
+
+from segdistill.config import config_to_dict, load_config
 from segdistill.detection.config import DetectionConfig
+
 root = Path(sys.argv[1])
 out = {}
 for path in sorted(root.rglob("*.yaml")):

@@ -4,6 +4,7 @@ cross-entropy and the backbone / head parameter groups."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,17 @@ class StepOutput:
     total: torch.Tensor  # scalar, what the student's optimizer minimises
     losses: dict[str, torch.Tensor]  # named scalar terms (weighted), for logging and the divergence guard
     logits: torch.Tensor | None = None  # B x K x H x W student logits
-    extra_losses: dict[str, torch.Tensor] = field(default_factory=dict)  # losses of own-optimizer modules
+    own_losses: dict[str, torch.Tensor] = field(default_factory=dict)  # terms that train own-optimizer modules
+
+
+class OwnStep(NamedTuple):
+    """A module trained by its own optimizer on its own term (APD's teacher adapter, a GAN
+    discriminator): stepped before the student's optimizer step, or after it when ``after_student``."""
+
+    term: str  # the key of StepOutput.own_losses that trains it
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    after_student: bool = False
 
 
 def segmentation_losses(

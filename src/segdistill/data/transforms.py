@@ -115,11 +115,6 @@ def train_transform(
     return compose
 
 
-def eval_transform() -> None:
-    """Evaluation applies no augmentation (whole images, sliding windows happen in the evaluator)."""
-    return None
-
-
 def reseed_transform(transform: A.BaseCompose, seed: int) -> None:
     """Make the whole pipeline draw from ONE numpy and ONE python generator seeded with ``seed``."""
     transform.set_random_state(np.random.default_rng(seed), random.Random(seed))

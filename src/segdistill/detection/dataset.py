@@ -48,11 +48,6 @@ def load_coco_json(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def category_names(data: dict[str, Any]) -> list[str]:
-    """Names of the categories in contiguous-label order (label ``i + 1`` is ``names[i]``)."""
-    return [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])]
-
-
 def hflip_target(target: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
     """Mirror boxes (and masks) of an image ``width`` pixels wide."""
     out = dict(target)

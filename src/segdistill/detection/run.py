@@ -16,7 +16,7 @@ from ..config import save_config
 from ..data.sampling import EpochBatchSampler, SeededSamples
 from ..engine.builders import load_weights, write_summary
 from ..engine.checkpoint import prepare_run_dir
-from ..engine.trainer import Trainer, resolve_device, seed_everything
+from ..engine.trainer import Trainer, poly_schedule, resolve_device, seed_everything, with_warmup
 from ..errors import UserError
 from ..models import count_parameters
 from .config import DetectionConfig
@@ -161,6 +161,11 @@ def _run(config: DetectionConfig, resume: bool, console: Console | None, make_ta
         console,
         gt_data=val_set.data,
         category_ids=val_set.category_ids,
+        schedule=with_warmup(
+            poly_schedule(config.train.lr, config.train.iters, config.train.poly_power),
+            config.train.warmup_iters,
+            config.train.warmup_factor,
+        ),
     )
     metrics = trainer.fit(resume=resume)
     summary = {

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ..base.step import StepOutput, split_param_groups
+from ..base.step import OwnStep, StepOutput, split_param_groups
 from ..engine.task import SupervisedTask
 from ..errors import UserError
 from .apd import DetectionAPDLoss, instance_label_map
@@ -81,13 +81,12 @@ class DetectionDistiller(nn.Module):
         for name in ("apd_kl", "apd_align"):
             losses[name] = self._weight(name) * terms[name]
         return StepOutput(
-            total=sum(losses.values()), losses=losses, extra_losses={"apd_teacher_ce": terms["apd_teacher_ce"]}
+            total=sum(losses.values()), losses=losses, own_losses={"apd_teacher_ce": terms["apd_teacher_ce"]}
         )
 
     # ---------------------------------------------------------------- trainer interface
-    @property
-    def extra_steps(self) -> list[tuple[str, nn.Module, torch.optim.Optimizer]]:
-        return self.apd.own_optimizers()
+    def own_steps(self) -> list[OwnStep]:
+        return [OwnStep(term, module, optimizer) for term, module, optimizer in self.apd.own_optimizers()]
 
     def param_groups(self, lr: float, head_lr_mult: float) -> list[dict]:
         groups = split_param_groups(self.student, lr, head_lr_mult)

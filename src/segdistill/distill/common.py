@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import UserError
 
@@ -26,10 +25,3 @@ def check_same_grid(name: str, student: torch.Tensor, teacher: torch.Tensor) -> 
 def check_channels(name: str, side: str, expected: int, tensor: torch.Tensor) -> None:
     if tensor.shape[1] != expected:
         raise UserError(f"{name} was built for {expected} {side} channels, the {side} tap gives {tensor.shape[1]}")
-
-
-def resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize (align_corners=False) when ``x`` is not already ``size``."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)

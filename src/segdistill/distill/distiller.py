@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..base.outputs import output_logits
-from ..base.step import StepOutput, segmentation_losses, split_param_groups
+from ..base.step import OwnStep, StepOutput, segmentation_losses, split_param_groups
 from ..errors import UserError
 from .base import DistillLoss
 from .taps import TapRecorder, find_module
@@ -37,7 +37,7 @@ class Distiller(nn.Module):
 
     ``forward(images B x 3 x H x W, targets B x H x W)`` returns ``out.logits`` (student, ``B x K x H x W``),
     ``out.losses`` (weighted scalar terms: ``ce``, ``aux_ce``, the methods' terms), ``out.total``, and
-    ``out.extra_losses`` (terms that train modules with their own optimizers, e.g. ``apd_teacher_ce``).
+    ``out.own_losses`` (terms that train modules with their own optimizers, e.g. ``apd_teacher_ce``).
     """
 
     def __init__(
@@ -99,26 +99,25 @@ class Distiller(nn.Module):
         student_maps = self._student_taps.collect()
         teacher_maps = {k: to_common_grid(student_maps[k], v) for k, v in teacher_maps.items()}
         losses = segmentation_losses(output, targets, self.aux_weight, self.ignore_index)
-        extra: dict[str, torch.Tensor] = {}
+        own: dict[str, torch.Tensor] = {}
         for name, loss in self.losses.items():
             for term, value in loss.forward_taps(student_maps, teacher_maps, targets).items():
                 if term in loss.own_terms:
-                    extra[term] = value
+                    own[term] = value
                 else:
                     losses[term] = self._weight(name, term) * value
         total = sum(losses.values())
-        return StepOutput(total=total, losses=losses, logits=output_logits(output), extra_losses=extra)
+        return StepOutput(total=total, losses=losses, logits=output_logits(output), own_losses=own)
 
     # ---------------------------------------------------------------- trainer interface
-    @property
-    def extra_steps(self) -> list[tuple[str, nn.Module, torch.optim.Optimizer]]:
-        """``(term, module, optimizer)`` of every module with its own optimizer (adapters, discriminators)."""
-        return [step for loss in self.losses.values() for step in loss.own_optimizers()]
-
-    @property
-    def steps_after_student(self) -> frozenset[str]:
-        """The own-optimizer terms stepped after the student's step (a discriminator); the others go before."""
-        return frozenset(t for loss in self.losses.values() for t in getattr(loss, "steps_after_student", ()))
+    def own_steps(self) -> list[OwnStep]:
+        """Every loss module with its own optimizer (adapters, discriminators), stepped after the
+        student's step when its loss lists the term in ``steps_after_student``."""
+        return [
+            OwnStep(term, module, optimizer, term in loss.steps_after_student)
+            for loss in self.losses.values()
+            for term, module, optimizer in loss.own_optimizers()
+        ]
 
     def param_groups(self, lr: float, head_lr_mult: float) -> list[dict]:
         """The student's groups (backbone at ``lr``, head at ``lr * head_lr_mult``) plus the losses'
@@ -135,7 +134,3 @@ class Distiller(nn.Module):
 
     def load_trainable_state_dict(self, state: dict) -> None:
         self.losses.load_state_dict(state)
-
-    def remove_hooks(self) -> None:
-        self._student_taps.remove()
-        self._teacher_taps.remove()

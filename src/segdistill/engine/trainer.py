@@ -7,14 +7,12 @@ import json
 import math
 import random
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import Config, config_to_dict
@@ -29,7 +27,7 @@ from .distributed import (
     gather_objects,
 )
 from .evaluator import evaluate, protocol
-from .task import StepOutput
+from .task import OwnStep, StepOutput, Task, optimizer_steps, own_step_is_active
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -67,6 +65,28 @@ def autocast_context(device: torch.device, amp: str):
 def poly_lr(base_lr: float, step: int, total: int, power: float) -> float:
     """The poly schedule: ``base_lr * (1 - step / total) ** power``."""
     return base_lr * (1.0 - step / total) ** power
+
+
+Schedule = Callable[[int], float]  # step -> learning rate of the backbone group
+
+
+def poly_schedule(base_lr: float, total: int, power: float) -> Schedule:
+    """:func:`poly_lr` as a function of the step (the segmentation recipe)."""
+    return lambda step: poly_lr(base_lr, step, total, power)
+
+
+def with_warmup(schedule: Schedule, warmup_iters: int, factor: float) -> Schedule:
+    """``schedule`` scaled by a linear warm-up from ``factor`` to 1 over ``warmup_iters`` steps
+    (torchvision's detection recipe)."""
+
+    def lr(step: int) -> float:
+        value = schedule(step)
+        if step < warmup_iters:
+            alpha = step / warmup_iters
+            value *= factor * (1.0 - alpha) + alpha
+        return value
+
+    return lr
 
 
 def rng_state() -> dict:
@@ -156,13 +176,14 @@ class Trainer:
     def __init__(
         self,
         config: Config,
-        task: nn.Module,
+        task: Task,
         train_loader: DataLoader,
         val_loader: DataLoader | None,
         num_classes: int,
         device: torch.device,
         console: Console | None = None,
         dist: DistInfo | None = None,
+        schedule: Schedule | None = None,
     ) -> None:
         self.config = config
         self.dist = dist or DistInfo()
@@ -176,6 +197,7 @@ class Trainer:
         self.run_dir = config.run_dir
         self.ckpt_dir = self.run_dir / "checkpoints"
         cfg = config.train
+        self.schedule = schedule or poly_schedule(cfg.lr, cfg.iters, cfg.poly_power)
         self.optimizer = torch.optim.SGD(
             task.param_groups(cfg.lr, cfg.head_lr_mult),
             lr=cfg.lr,
@@ -208,12 +230,12 @@ class Trainer:
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:
-        extra = {name: opt.state_dict() for name, (module, opt) in self._extra_steps().items()}
+        own = {step.term: step.optimizer.state_dict() for step in self.task.own_steps()}
         return {
             "model": self.model.state_dict(),
             "task": self.task.trainable_state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "extra_optimizers": extra,
+            "extra_optimizers": own,  # the own optimizers' states (key kept: older checkpoints resume)
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
@@ -237,9 +259,9 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.task.load_trainable_state_dict(state["task"])
         self.optimizer.load_state_dict(state["optimizer"])
-        for name, (_, opt) in self._extra_steps().items():
-            if name in state.get("extra_optimizers", {}):
-                opt.load_state_dict(state["extra_optimizers"][name])
+        for step in self.task.own_steps():
+            if step.term in state.get("extra_optimizers", {}):
+                step.optimizer.load_state_dict(state["extra_optimizers"][step.term])
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
@@ -307,24 +329,18 @@ class Trainer:
         tmp.write_text("".join(line + "\n" for line in kept))
         tmp.replace(path)
 
-    def _own_steps(self, out, steps: list) -> None:
-        """Back-propagate each own-optimizer term into its module alone and step its optimizer."""
-        for name, module, opt in steps:
-            term = out.extra_losses[name]
-            opt.zero_grad(set_to_none=True)
-            # As the APD release: no step on a batch where the term is 0 (no valid pixel), so that
-            # Adam's momentum does not move the module on an empty batch. Under DDP the ranks decide
-            # together (a rank with an empty batch contributes zero gradients).
-            active = term.requires_grad and float(term.detach()) > 0.0
-            if not any_rank(active, self.dist, self.device):
-                continue
-            if active:
-                term.backward()
-            average_gradients(module.parameters(), self.dist)
-            opt.step()
-
-    def _extra_steps(self) -> dict:
-        return {name: (module, opt) for name, module, opt in self.task.extra_steps}
+    def _own_step(self, step: OwnStep, term: torch.Tensor) -> None:
+        """Back-propagate an own-optimizer term into its module alone and step its optimizer; a batch
+        where the term is 0 is skipped (:func:`~segdistill.engine.task.own_step_is_active`). Under DDP
+        the ranks decide together (a rank with an empty batch contributes zero gradients)."""
+        step.optimizer.zero_grad(set_to_none=True)
+        active = own_step_is_active(term)
+        if not any_rank(active, self.dist, self.device):
+            return
+        if active:
+            term.backward()
+        average_gradients(step.module.parameters(), self.dist)
+        step.optimizer.step()
 
     # ---------------------------------------------------------------- loop
     def _batches(self) -> Iterator[dict]:
@@ -369,19 +385,14 @@ class Trainer:
         return (images, labels), images.shape[0]
 
     def _set_lr(self) -> float:
-        cfg = self.config.train
-        lr = poly_lr(cfg.lr, self.step, cfg.iters, cfg.poly_power)
-        warmup = getattr(cfg, "warmup_iters", 0)
-        if self.step < warmup:  # linear warm-up (detection configs): factor -> 1 over warmup_iters steps
-            alpha = self.step / warmup
-            lr *= cfg.warmup_factor * (1.0 - alpha) + alpha
+        lr = self.schedule(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_mult", 1.0)
         return lr
 
     def _nonfinite_terms(self, out: StepOutput) -> list[str]:
         """Names of the non-finite loss terms (``[]`` when all are finite): one device sync per step."""
-        terms = {**out.losses, **out.extra_losses}
+        terms = {**out.losses, **out.own_losses}
         values = [out.total, *terms.values()]
         flags = torch.stack([torch.isfinite(v.detach().float()) for v in values])
         if not any_rank(not bool(flags.all()), self.dist, self.device):
@@ -484,14 +495,14 @@ class Trainer:
         return last_metrics
 
     def _train_step(self, out: StepOutput) -> None:
-        late = getattr(self.task, "steps_after_student", frozenset())
-        self._own_steps(out, [s for s in self.task.extra_steps if s[0] not in late])  # APD's teacher adapter
+        optimizer_steps(self.task, out, lambda: self._student_step(out), self._own_step)
+
+    def _student_step(self, out: StepOutput) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.total).backward()  # DDP averages the student's gradients over ranks
         average_gradients(self._loss_params, self.dist)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self._own_steps(out, [s for s in self.task.extra_steps if s[0] in late])  # a GAN discriminator
 
     def _log_window(self, lr: float, elapsed: float, progress: Progress, bar) -> None:
         """Write the log window's mean terms to metrics.jsonl and the console, then start a new window."""
@@ -532,10 +543,3 @@ class Trainer:
         save_training_checkpoint(state, self.ckpt_dir / "last.pt")
         if best:
             save_training_checkpoint(state, self.ckpt_dir / "best.pt", keep_previous=False)
-
-
-def write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
