@@ -110,11 +110,23 @@ def cmd_detect(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_train(args: argparse.Namespace, console: Console) -> int:
-    from .config import load_config
     from .engine.run import run_train
 
+    return _train_or_distill(args, console, run_train)
+
+
+def cmd_distill(args: argparse.Namespace, console: Console) -> int:
+    from .engine.run import run_distill
+
+    return _train_or_distill(args, console, run_distill)
+
+
+def _train_or_distill(args: argparse.Namespace, console: Console, run) -> int:
+    """``segdistill train`` / ``distill``: run, then (rank 0) the val table and the run's size and time."""
+    from .config import load_config
+
     config = load_config(args.config, args.overrides)
-    summary = run_train(config, resume=args.resume, console=console)
+    summary = run(config, resume=args.resume, console=console)
     if not is_main_process():
         return 0
     _print_metrics(console, f"{config.name}: val", summary["val"], _class_names(config))
@@ -123,19 +135,6 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
         f"{summary['flops_input'][0]}x{summary['flops_input'][1]}, trained in {summary['train_seconds']:.0f} s; "
         f"outputs in {config.run_dir}"
     )
-    return 0
-
-
-def cmd_distill(args: argparse.Namespace, console: Console) -> int:
-    from .config import load_config
-    from .engine.run import run_distill
-
-    config = load_config(args.config, args.overrides)
-    summary = run_distill(config, resume=args.resume, console=console)
-    if not is_main_process():
-        return 0
-    _print_metrics(console, f"{config.name}: val", summary["val"], _class_names(config))
-    console.print(f"trained in {summary['train_seconds']:.0f} s; outputs in {config.run_dir}")
     return 0
 
 

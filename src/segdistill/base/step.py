@@ -72,3 +72,14 @@ def split_param_groups(model: nn.Module, lr: float, head_lr_mult: float) -> list
         },
     ]
     return [g for g in groups if g["params"]]
+
+
+def distillation_param_groups(
+    student: nn.Module, extra: list[nn.Parameter], lr: float, head_lr_mult: float
+) -> list[dict]:
+    """:func:`split_param_groups` of the student plus a ``distill`` group at the head's rate for
+    ``extra``, the loss modules' student-side parameters (adapters, projectors), when there are any."""
+    groups = split_param_groups(student, lr, head_lr_mult)
+    if extra:
+        groups.append({"params": extra, "lr": lr * head_lr_mult, "lr_mult": head_lr_mult, "name": "distill"})
+    return groups

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ..base.step import OwnStep, StepOutput, split_param_groups
+from ..base.step import OwnStep, StepOutput, distillation_param_groups
 from ..engine.task import SupervisedTask
 from ..errors import UserError
 from .apd import DetectionAPDLoss, instance_label_map
@@ -89,11 +89,7 @@ class DetectionDistiller(nn.Module):
         return [OwnStep(term, module, optimizer) for term, module, optimizer in self.apd.own_optimizers()]
 
     def param_groups(self, lr: float, head_lr_mult: float) -> list[dict]:
-        groups = split_param_groups(self.student, lr, head_lr_mult)
-        extra = self.apd.student_parameters()
-        if extra:
-            groups.append({"params": extra, "lr": lr * head_lr_mult, "lr_mult": head_lr_mult, "name": "distill"})
-        return groups
+        return distillation_param_groups(self.student, self.apd.student_parameters(), lr, head_lr_mult)
 
     def trainable_state_dict(self) -> dict:
         return self.apd.state_dict()

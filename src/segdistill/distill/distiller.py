@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..base.outputs import output_logits
-from ..base.step import OwnStep, StepOutput, segmentation_losses, split_param_groups
+from ..base.step import OwnStep, StepOutput, distillation_param_groups, segmentation_losses
 from ..errors import UserError
 from .base import DistillLoss
 from .taps import TapRecorder, find_module
@@ -122,11 +122,8 @@ class Distiller(nn.Module):
     def param_groups(self, lr: float, head_lr_mult: float) -> list[dict]:
         """The student's groups (backbone at ``lr``, head at ``lr * head_lr_mult``) plus the losses'
         student-side modules (adapters, projectors) at the head's rate."""
-        groups = split_param_groups(self.student, lr, head_lr_mult)
         extra = [p for loss in self.losses.values() for p in loss.student_parameters()]
-        if extra:
-            groups.append({"params": extra, "lr": lr * head_lr_mult, "lr_mult": head_lr_mult, "name": "distill"})
-        return groups
+        return distillation_param_groups(self.student, extra, lr, head_lr_mult)
 
     def trainable_state_dict(self) -> dict:
         """Everything trained besides the student: the loss modules (adapters, discriminators)."""
