@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..base.step import OwnStep
 from ..distill.apd import APDLoss
 from ..errors import UserError
 
@@ -129,8 +130,8 @@ class DetectionAPDLoss(nn.Module):
         self.target = target
         self.apd = APDLoss(num_classes, student_channels, teacher_channels, **apd_options)
 
-    def own_optimizers(self) -> list[tuple[str, nn.Module, torch.optim.Optimizer]]:
-        return self.apd.own_optimizers()
+    def own_steps(self) -> list[OwnStep]:
+        return self.apd.own_steps()
 
     def student_parameters(self) -> list[nn.Parameter]:
         return self.apd.student_parameters()

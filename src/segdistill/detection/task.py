@@ -86,7 +86,7 @@ class DetectionDistiller(nn.Module):
 
     # ---------------------------------------------------------------- trainer interface
     def own_steps(self) -> list[OwnStep]:
-        return [OwnStep(term, module, optimizer) for term, module, optimizer in self.apd.own_optimizers()]
+        return self.apd.own_steps()
 
     def param_groups(self, lr: float, head_lr_mult: float) -> list[dict]:
         return distillation_param_groups(self.student, self.apd.student_parameters(), lr, head_lr_mult)

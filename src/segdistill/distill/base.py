@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..base.step import OwnStep
+
 
 class DistillLoss(nn.Module):
     taps: tuple[str, ...] = ("feat",)
@@ -37,6 +39,14 @@ class DistillLoss(nn.Module):
     def own_optimizers(self) -> list[tuple[str, nn.Module, torch.optim.Optimizer]]:
         """``(term name, module, optimizer)`` for every part trained by its own optimizer."""
         return []
+
+    def own_steps(self) -> list[OwnStep]:
+        """:meth:`own_optimizers` as the trainer's :class:`~segdistill.base.step.OwnStep` s, each stepped
+        after the student's step when its term is in ``steps_after_student``."""
+        return [
+            OwnStep(term, module, optimizer, term in self.steps_after_student)
+            for term, module, optimizer in self.own_optimizers()
+        ]
 
     def student_parameters(self) -> list[nn.Parameter]:
         """Parameters trained by the student's optimizer (those not owned by an own optimizer)."""

@@ -111,13 +111,8 @@ class Distiller(nn.Module):
 
     # ---------------------------------------------------------------- trainer interface
     def own_steps(self) -> list[OwnStep]:
-        """Every loss module with its own optimizer (adapters, discriminators), stepped after the
-        student's step when its loss lists the term in ``steps_after_student``."""
-        return [
-            OwnStep(term, module, optimizer, term in loss.steps_after_student)
-            for loss in self.losses.values()
-            for term, module, optimizer in loss.own_optimizers()
-        ]
+        """Every loss module with its own optimizer (adapters, discriminators), in loss order."""
+        return [step for loss in self.losses.values() for step in loss.own_steps()]
 
     def param_groups(self, lr: float, head_lr_mult: float) -> list[dict]:
         """The student's groups (backbone at ``lr``, head at ``lr * head_lr_mult``) plus the losses'
