@@ -103,7 +103,10 @@ def test_class_score_tap_with_the_wrong_channel_count(tiny_overrides, tmp_path, 
         ("data.batch_size=64", "the train split has 8 images, fewer than data.batch_size=64"),
         ("train.device=cuda", "no CUDA device is available") if not torch.cuda.is_available() else ("x=1", "x"),
         ("train.amp=fp16", "fp16 needs a CUDA device") if not torch.cuda.is_available() else ("x=1", "x"),
-        ("train.nonfinite=ignore", "train.nonfinite must be 'stop' or 'skip'"),
+        (
+            "train.nonfinite=ignore",
+            "config key 'train.nonfinite': 'ignore' is not a valid choice; allowed: one of stop, skip",
+        ),
         ("train.iters=ten", "config key 'train.iters': expected an integer"),
     ],
 )
@@ -118,8 +121,14 @@ def test_a_failed_rerun_does_not_leave_the_old_summary_as_final(tiny_overrides, 
     assert main(["train", "configs/synthetic/student.yaml", "name=run", *tiny_overrides]) == 0
     summary = tmp_path / "runs/run/summary.json"
     assert json.loads(summary.read_text())["iters"] == 4
+    # refused when the config is read: no work starts, the earlier run's files stay as they were
     code, err = run(
-        ["train", "configs/synthetic/student.yaml", "name=run", *tiny_overrides, "train.nonfinite=ignore"], capsys
+        ["train", "configs/synthetic/student.yaml", "name=run", *tiny_overrides, "train.nonfinite=x"], capsys
+    )
+    assert code == 2 and json.loads(summary.read_text())["iters"] == 4
+    # refused once the run has started (the loaders): the old summary is no longer the run's result
+    code, err = run(
+        ["train", "configs/synthetic/student.yaml", "name=run", *tiny_overrides, "data.batch_size=64"], capsys
     )
     assert code == 2
     assert not summary.exists()

@@ -48,9 +48,9 @@ def test_bench_grid_results_and_reuse(tiny_overrides, tmp_path, capsys):
 
 def test_bench_refuses_a_method_recipe_with_another_schedule(tiny_overrides, tmp_path, capsys):
     recipes = tmp_path / "recipes"
-    recipes.mkdir()
-    shutil.copy("configs/synthetic/apd.yaml", recipes / "apd.yaml")
-    (recipes / "kd.yaml").write_text(open("configs/synthetic/kd.yaml").read().replace("lr: 0.02", "lr: 0.05"))
+    shutil.copytree("configs/synthetic", recipes)
+    with open(recipes / "kd.yaml", "a") as handle:
+        handle.write("train:\n  lr: 0.05\n")
     code = main(["bench", str(recipes / "apd.yaml"), *tiny_overrides, "--methods", "kd", "--seeds", "0"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "kd.yaml differs from" in err[-1] and "train.lr (0.05 vs 0.02)" in err[-1]

@@ -29,3 +29,12 @@ def test_readme_training_step_runs_and_moves_student_and_adapter() -> None:
     assert any(p.grad is not None for p in scope["student"].parameters())
     (step,) = distiller.own_steps()
     assert step.term == "apd_teacher_ce" and not step.after_student and step.optimizer.state  # Adam stepped
+
+
+def test_readme_methods_table_lists_every_method_in_order() -> None:
+    from segdistill.base.method_options import METHOD_NAMES
+
+    text = README.read_text(encoding="utf-8")
+    table = text[text.index("| method | module(s) |") :].split("\n\n", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \|", table, re.M)
+    assert tuple(rows) == METHOD_NAMES

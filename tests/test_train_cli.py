@@ -163,7 +163,7 @@ def test_distill_config_errors(tiny_overrides, tmp_path, capsys):
     capsys.readouterr()
     cases = [
         (["distill.methods=[apd, fitnett]"], "unknown distillation method 'fitnett' (did you mean 'fitnet'?)"),
-        (["distill.options.apd.scop=image"], "did you mean 'scope'"),
+        (["distill.options.apd.scop=image"], "did you mean 'distill.options.apd.scope'"),
         (["teacher.num_classes=7"], "teacher.num_classes (7) != model.num_classes (19)"),
         (["teacher.weights=null"], "teacher.weights is not set"),
         (["distill.student_taps={feat: head.botleneck, logits: head.classifier}"], "closest: head.bottleneck"),

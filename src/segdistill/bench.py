@@ -25,10 +25,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .base.method_options import BENCH_METHODS
 from .config import Config, config_to_dict, load_config
 from .errors import UserError
 
-DEFAULT_METHODS = ["baseline", "kd", "fitnet", "at", "skd", "ifvd", "cwd", "dist", "cirkd", "apd"]
+DEFAULT_METHODS = list(BENCH_METHODS)  # the baseline, then every method of METHOD_OPTIONS
 SHARED_SECTIONS = ("data", "model", "train", "eval")  # + teacher for distillations
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from .base.method_options import BENCH_METHODS
 from .errors import UserError
 
-DEFAULT_BENCH_METHODS = ["baseline", "kd", "fitnet", "at", "skd", "ifvd", "cwd", "dist", "cirkd", "apd"]
 RESUME_HELP = "continue from the newest intact checkpoint in runs/<name>/checkpoints (start if there is none)"
 
 
@@ -302,7 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="methods side by side under one recipe over several seeds")
     bench.add_argument("config", help="the recipe (teacher, student, data, schedule), e.g. configs/synthetic/apd.yaml")
     bench.add_argument("overrides", nargs="*", help="key=value overrides for every run")
-    bench.add_argument("--methods", nargs="+", default=DEFAULT_BENCH_METHODS)
+    bench.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(BENCH_METHODS),
+        choices=BENCH_METHODS,
+        metavar="METHOD",
+        help=f"any of: {', '.join(BENCH_METHODS)} (default: all)",
+    )
     bench.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     bench.add_argument("--out", default="runs/bench")
     bench.add_argument("--no-figures", action="store_true", help="skip curves, per-class bars, predictions, t-SNE")

@@ -25,13 +25,14 @@ def palette_for(num_classes: int, dataset: str) -> np.ndarray:
 
 def model_from_checkpoint(checkpoint: str | Path) -> tuple[torch.nn.Module, dict]:
     """The model and the config saved in a segdistill training checkpoint."""
-    from .config import ModelConfig, _build
+    from .base.schema import build_section
+    from .config import ModelConfig
     from .engine.builders import build_model
 
     state = load_checkpoint(checkpoint)
     if "model" not in state or "config" not in state:
         raise UserError(f"{checkpoint} is not a segdistill training checkpoint (no 'model'/'config' entry)")
-    cfg = _build(ModelConfig, {**state["config"]["model"], "weights": None, "pretrained": False}, "model.")
+    cfg = build_section(ModelConfig, {**state["config"]["model"], "weights": None, "pretrained": False}, "model.")
     model = build_model(cfg)
     model.load_state_dict(state["model"])
     return model.eval(), state["config"]

@@ -9,7 +9,7 @@ from segdistill.detection.config import DetectionConfig
 
 root = Path(sys.argv[1])
 out = {}
-for path in sorted(root.rglob("*.yaml")):
+for path in sorted(p for p in root.rglob("*.yaml") if "_base" not in p.parts):
     rel = path.relative_to(root).as_posix()
     schema = DetectionConfig if "/detection/" in rel else None
     cfg = load_config(path, [], schema=schema) if schema else load_config(path, [])

@@ -200,10 +200,7 @@ def build_detection_distiller(
 
     student_shapes, teacher_shapes = fpn_shapes(student, size, device), fpn_shapes(teacher, size, device)
     levels = pair_levels(student_shapes, teacher_shapes)
-    options = dict(config.distill.options.get("apd", {}) or {})
-    unknown_options = set(options) - {"target", "adapter", "adapter_channels", "scale", "scope", "teacher_adapter_lr"}
-    if unknown_options:
-        raise UserError(f"unknown distill.options.apd key(s) {sorted(unknown_options)}")
+    options = dict(config.distill.options.get("apd", {}) or {})  # checked when the config was read
     channels_s = student_shapes[levels[0][0]][0]
     channels_t = teacher_shapes[levels[0][1]][0]
     torch.manual_seed(config.seed)  # adapters initialise the same whatever the teacher's build drew

@@ -1,6 +1,8 @@
-"""Distillation methods by name: each builds its loss modules and default weights from a config.
+"""Distillation methods by name: each builds its loss modules and default weights from its options.
 
-A plain dict, no registry magic: ``METHODS[name](context, options) -> (losses, weights)``.
+A plain dict, no registry magic: ``METHODS[name](context, options) -> (losses, weights)``, where
+``options`` is the method's options dataclass (:data:`segdistill.base.method_options.METHOD_OPTIONS`,
+the one list of method names; a test keeps the two to the same names).
 """
 
 from __future__ import annotations
@@ -11,6 +13,19 @@ from typing import Any
 
 from torch import nn
 
+from ..base.method_options import (
+    APDOptions,
+    ATOptions,
+    CIRKDOptions,
+    CWDOptions,
+    DISTOptions,
+    FitNetOptions,
+    IFVDOptions,
+    KDOptions,
+    SKDOptions,
+    check_method,
+    method_options,
+)
 from ..errors import UserError
 from .adversarial import AdversarialLoss
 from .apd import APDLoss
@@ -24,6 +39,8 @@ from .ifvd import IFVDLoss
 from .kd import KDLoss
 from .skd import PairwiseLoss
 
+Built = tuple[dict[str, DistillLoss], dict[str, float]]  # losses by name, their default weights
+
 
 @dataclass
 class MethodContext:
@@ -33,114 +50,83 @@ class MethodContext:
     ignore_index: int = 255
 
 
-def _options(options: dict[str, Any], allowed: dict[str, Any], method: str) -> dict[str, Any]:
-    import difflib
-
-    merged = dict(allowed)
-    for key, value in options.items():
-        if key not in allowed:
-            close = difflib.get_close_matches(key, list(allowed), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f" (options: {', '.join(allowed)})"
-            raise UserError(f"unknown option distill.options.{method}.{key}{hint}")
-        merged[key] = value
-    return merged
-
-
-def build_kd(ctx: MethodContext, options: dict[str, Any]) -> tuple[dict[str, DistillLoss], dict[str, float]]:
+def build_kd(ctx: MethodContext, opts: KDOptions) -> Built:
     """Pixel-wise KD on logits as the APD release runs it: T=1, 'mean' reduction, upsampled to the label
     size, weight 10. ``reduction: pixel, upsample: false`` with weight 1 is the CIRKD codebase's KD."""
-    opts = _options(options, {"temperature": 1.0, "reduction": "mean", "upsample": True}, "kd")
-    return {"kd": KDLoss(opts["temperature"], opts["reduction"], opts["upsample"])}, {"kd": 10.0}
+    return {"kd": KDLoss(opts.temperature, opts.reduction, opts.upsample)}, {"kd": 10.0}
 
 
-def build_apd(ctx: MethodContext, options: dict[str, Any]) -> tuple[dict[str, DistillLoss], dict[str, float]]:
+def build_apd(ctx: MethodContext, opts: APDOptions) -> Built:
     """APD as released: APD KL 10, prototype alignment 10, scale 10, adapters on, plus logit KD 10 (T=1)."""
-    opts = _options(
-        options,
-        {
-            "scope": "batch",
-            "adapter": True,
-            "adapter_channels": 512,
-            "scale": 10.0,
-            "teacher_adapter_lr": 1e-5,
-            "with_kd": True,
-            "kd_temperature": 1.0,
-        },
-        "apd",
-    )
     losses: dict[str, DistillLoss] = {
         "apd": APDLoss(
             ctx.num_classes,
             ctx.student_channels["feat"],
             ctx.teacher_channels["feat"],
-            adapter=opts["adapter"],
-            adapter_channels=opts["adapter_channels"],
-            scale=opts["scale"],
+            adapter=opts.adapter,
+            adapter_channels=opts.adapter_channels,
+            scale=opts.scale,
             ignore_index=ctx.ignore_index,
-            scope=opts["scope"],
-            teacher_adapter_lr=opts["teacher_adapter_lr"],
+            scope=opts.scope,
+            teacher_adapter_lr=opts.teacher_adapter_lr,
         )
     }
     weights = {"apd": 10.0}
-    if opts["with_kd"]:
-        losses["kd"] = KDLoss(opts["kd_temperature"])
+    if opts.with_kd:
+        losses["kd"] = KDLoss(opts.kd_temperature)
         weights["kd"] = 10.0
     return losses, weights
 
 
-def _reference_kd(opts: dict[str, Any]) -> tuple[dict[str, DistillLoss], dict[str, float]]:
+def _reference_kd(opts: Any) -> Built:
     """The KD that the CIRKD-codebase scripts add to FitNets, AT, SKD, IFVD and CIRKD: T = 1 at the
     feature grid (no upsampling), per-pixel KL averaged over pixels (batchmean), weight 1."""
-    if not opts["with_kd"]:
+    if not opts.with_kd:
         return {}, {}
     return {"kd": KDLoss(1.0, "pixel", upsample=False)}, {"kd": 1.0}
 
 
-def _adversarial(ctx: MethodContext, opts: dict[str, Any]) -> tuple[dict[str, DistillLoss], dict[str, float]]:
+def _adversarial(ctx: MethodContext, opts: SKDOptions | IFVDOptions) -> Built:
     """The holistic (hinge GAN) term of SKD / IFVD: generator weight 0.001, D weight 0.1, D Adam 4e-4."""
-    if not opts["adversarial"]:
+    if not opts.adversarial:
         return {}, {}
-    return {"adv": AdversarialLoss(ctx.num_classes, d_weight=opts["d_weight"], lr=opts["d_lr"])}, {"adv": 0.001}
+    return {"adv": AdversarialLoss(ctx.num_classes, d_weight=opts.d_weight, lr=opts.d_lr)}, {"adv": 0.001}
 
 
-def build_fitnet(ctx: MethodContext, options: dict[str, Any]) -> tuple[dict[str, DistillLoss], dict[str, float]]:
+def build_fitnet(ctx: MethodContext, opts: FitNetOptions) -> Built:
     """FitNets hint on the head feature, weight 10, + KD 1 (CIRKD ``train_fitnet.sh``)."""
-    opts = _options(options, {"with_kd": True}, "fitnet")
     losses, weights = _reference_kd(opts)
     losses["fitnet"] = FitNetLoss(ctx.student_channels["feat"], ctx.teacher_channels["feat"])
     weights["fitnet"] = 10.0
     return losses, weights
 
 
-def build_at(ctx: MethodContext, options: dict[str, Any]) -> tuple[dict[str, DistillLoss], dict[str, float]]:
+def build_at(ctx: MethodContext, opts: ATOptions) -> Built:
     """Attention transfer on the head feature (p = 2), weight 10000, + KD 1 (CIRKD ``train_at.sh``)."""
-    opts = _options(options, {"with_kd": True, "p": 2.0, "taps": ["feat"]}, "at")
-    for tap in opts["taps"]:
+    for tap in opts.taps:
         if tap not in ctx.student_channels or tap not in ctx.teacher_channels:
             raise UserError(
                 f"distill.options.at.taps names {tap!r}, which is not a tap of both models "
                 f"(define it in distill.student_taps and distill.teacher_taps)"
             )
     losses, weights = _reference_kd(opts)
-    losses["at"] = ATLoss(tuple(opts["taps"]), opts["p"])
+    losses["at"] = ATLoss(tuple(opts.taps), opts.p)
     weights["at"] = 10000.0
     return losses, weights
 
 
-def build_skd(ctx: MethodContext, options: dict[str, Any]) -> tuple[dict[str, DistillLoss], dict[str, float]]:
+def build_skd(ctx: MethodContext, opts: SKDOptions) -> Built:
     """SKD as the CIRKD codebase runs it: pixel-wise (KD 1 at the feature grid), pair-wise on 2x2-pooled
     nodes (weight 10), holistic hinge GAN (0.001, D 0.1)."""
-    opts = _options(options, {"with_kd": True, "pool": 2, "adversarial": True, "d_weight": 0.1, "d_lr": 4e-4}, "skd")
     losses, weights = _reference_kd(opts)
-    losses["skd_pa"] = PairwiseLoss(opts["pool"])
+    losses["skd_pa"] = PairwiseLoss(opts.pool)
     weights["skd_pa"] = 10.0
     adv, adv_w = _adversarial(ctx, opts)
     return {**losses, **adv}, {**weights, **adv_w}
 
 
-def build_ifvd(ctx: MethodContext, options: dict[str, Any]) -> tuple[dict[str, DistillLoss], dict[str, float]]:
+def build_ifvd(ctx: MethodContext, opts: IFVDOptions) -> Built:
     """IFVD as the CIRKD codebase runs it: intra-class variation (weight 20) + KD 1 + hinge GAN."""
-    opts = _options(options, {"with_kd": True, "adversarial": True, "d_weight": 0.1, "d_lr": 4e-4}, "ifvd")
     losses, weights = _reference_kd(opts)
     losses["ifvd"] = IFVDLoss(ctx.num_classes, ctx.ignore_index)
     weights["ifvd"] = 20.0
@@ -148,18 +134,16 @@ def build_ifvd(ctx: MethodContext, options: dict[str, Any]) -> tuple[dict[str, D
     return {**losses, **adv}, {**weights, **adv_w}
 
 
-def build_cwd(ctx: MethodContext, options: dict[str, Any]) -> tuple[dict[str, DistillLoss], dict[str, float]]:
+def build_cwd(ctx: MethodContext, opts: CWDOptions) -> Built:
     """CWD on logits, T = 4, weight 3 (the original release's headline recipe); ``feature: true`` adds
     the CIRKD codebase's feature term (weight 50)."""
-    opts = _options(options, {"temperature": 4.0, "feature": False}, "cwd")
-    channels = (ctx.student_channels["feat"], ctx.teacher_channels["feat"]) if opts["feature"] else None
-    return {"cwd": CWDLoss(opts["temperature"], channels)}, {"cwd": 3.0, "cwd_feat": 50.0}
+    channels = (ctx.student_channels["feat"], ctx.teacher_channels["feat"]) if opts.feature else None
+    return {"cwd": CWDLoss(opts.temperature, channels)}, {"cwd": 3.0, "cwd_feat": 50.0}
 
 
-def build_dist(ctx: MethodContext, options: dict[str, Any]) -> tuple[dict[str, DistillLoss], dict[str, float]]:
+def build_dist(ctx: MethodContext, opts: DISTOptions) -> Built:
     """DIST on main (+ 0.4 x auxiliary) logits, beta = gamma = tau = 1, weight 1; replaces KD."""
-    opts = _options(options, {"beta": 1.0, "gamma": 1.0, "tau": 1.0, "aux_weight": 0.4}, "dist")
-    if opts["aux_weight"] > 0:
+    if opts.aux_weight > 0:
         missing = [
             side
             for side, ch in (("student", ctx.student_channels), ("teacher", ctx.teacher_channels))
@@ -167,54 +151,38 @@ def build_dist(ctx: MethodContext, options: dict[str, Any]) -> tuple[dict[str, D
         ]
         if missing:
             raise UserError(
-                f"DIST's auxiliary term (distill.options.dist.aux_weight={opts['aux_weight']}) needs auxiliary logits, "
+                f"DIST's auxiliary term (distill.options.dist.aux_weight={opts.aux_weight}) needs auxiliary logits, "
                 f"and the {' and '.join(missing)} has none: set distill.options.dist.aux_weight=0 or define the "
                 "'aux_logits' tap in distill.student_taps/teacher_taps"
             )
-    return {"dist": DISTLoss(opts["beta"], opts["gamma"], opts["tau"], opts["aux_weight"])}, {"dist": 1.0}
+    return {"dist": DISTLoss(opts.beta, opts.gamma, opts.tau, opts.aux_weight)}, {"dist": 1.0}
 
 
-def build_cirkd(ctx: MethodContext, options: dict[str, Any]) -> tuple[dict[str, DistillLoss], dict[str, float]]:
+def build_cirkd(ctx: MethodContext, opts: CIRKDOptions) -> Built:
     """CIRKD as ``train_cirkd.py`` runs it: KD 1 + mini-batch pixel relations (1) + memory-based pixel (0.1)
     and region (0.1) relations; reference queue sizes 20000 / 2000 per class, contrast 4096 / 1024."""
-    opts = _options(
-        options,
-        {
-            "with_kd": True,
-            "temperature": 0.1,
-            "pool": 1,
-            "memory": True,
-            "pixel_memory": 20000,
-            "region_memory": 2000,
-            "pixel_contrast": 4096,
-            "region_contrast": 1024,
-            "pixels_per_image": 16,
-        },
-        "cirkd",
-    )
     losses, weights = _reference_kd(opts)
-    losses["cirkd_mb"] = CIRKDMiniBatchLoss(opts["temperature"], opts["pool"])
+    losses["cirkd_mb"] = CIRKDMiniBatchLoss(opts.temperature, opts.pool)
     weights["cirkd_mb"] = 1.0
-    if opts["memory"]:
+    if opts.memory:
         losses["cirkd_mem"] = CIRKDMemoryLoss(
             ctx.num_classes,
             ctx.student_channels["feat"],
             ctx.teacher_channels["feat"],
-            pixel_memory=opts["pixel_memory"],
-            region_memory=opts["region_memory"],
-            pixel_contrast=opts["pixel_contrast"],
-            region_contrast=opts["region_contrast"],
-            pixels_per_image=opts["pixels_per_image"],
-            temperature=opts["temperature"],
+            pixel_memory=opts.pixel_memory,
+            region_memory=opts.region_memory,
+            pixel_contrast=opts.pixel_contrast,
+            region_contrast=opts.region_contrast,
+            pixels_per_image=opts.pixels_per_image,
+            temperature=opts.temperature,
             ignore_index=ctx.ignore_index,
         )
         weights.update({"cirkd_pix": 0.1, "cirkd_reg": 0.1})
     return losses, weights
 
 
-METHODS: dict[str, Callable[[MethodContext, dict[str, Any]], tuple[dict[str, DistillLoss], dict[str, float]]]] = {
+METHODS: dict[str, Callable[[MethodContext, Any], Built]] = {
     "kd": build_kd,
-    "apd": build_apd,
     "fitnet": build_fitnet,
     "at": build_at,
     "skd": build_skd,
@@ -222,6 +190,7 @@ METHODS: dict[str, Callable[[MethodContext, dict[str, Any]], tuple[dict[str, Dis
     "cwd": build_cwd,
     "dist": build_dist,
     "cirkd": build_cirkd,
+    "apd": build_apd,
 }
 
 
@@ -238,13 +207,8 @@ def build_methods(
     losses: dict[str, nn.Module] = {}
     merged: dict[str, float] = {}
     for name in sorted(names, key=lambda n: n != "kd"):  # an explicit kd wins over APD's built-in one
-        if name not in METHODS:
-            import difflib
-
-            close = difflib.get_close_matches(name, list(METHODS), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UserError(f"unknown distillation method {name!r}{hint}; available: {', '.join(METHODS)}")
-        built, defaults = METHODS[name](ctx, options.get(name, {}))
+        check_method(name)
+        built, defaults = METHODS[name](ctx, method_options(name, options.get(name)))
         for key, loss in built.items():
             if key not in losses:
                 losses[key] = loss

@@ -10,7 +10,7 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import Config, DataConfig, ModelConfig, TeacherConfig
+from ..config import Config, DataConfig, ModelConfig
 from ..data.datasets import build_dataset
 from ..data.sampling import EpochBatchSampler, SeededSamples
 from ..data.transforms import seed_worker, train_transform
@@ -93,18 +93,18 @@ def build_loaders(
     return train_loader, val_loader
 
 
-def build_model(cfg: ModelConfig | TeacherConfig, num_classes: int | None = None) -> nn.Module:
+def build_model(cfg: ModelConfig, num_classes: int | None = None) -> nn.Module:
     """Build a segmentor from a model (or teacher) section and load ``cfg.weights`` if set."""
     model = build_segmentor(
         cfg.head,
         cfg.backbone,
         num_classes or cfg.num_classes,
         output_stride=cfg.output_stride,
-        pretrained=getattr(cfg, "pretrained", False),
+        pretrained=cfg.pretrained,
         head_channels=cfg.head_channels,
         ppm_channels=cfg.ppm_channels,
         aux=cfg.aux,
-        dropout=getattr(cfg, "dropout", 0.1),
+        dropout=cfg.dropout,
         backbone_kwargs=cfg.backbone_kwargs,
     )
     if cfg.weights:
