@@ -22,7 +22,8 @@ from segdistill.config import load_config
 from segdistill.engine.builders import build_datasets, build_loaders, build_model
 from segdistill.engine.checkpoint import save_training_checkpoint, state_digest
 from segdistill.engine.run import build_distiller
-from segdistill.engine.trainer import Trainer, seed_everything
+from segdistill.engine.runtime import seed_everything
+from segdistill.engine.trainer import Trainer
 from segdistill.quickstart import recipe_path
 
 

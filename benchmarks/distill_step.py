@@ -21,8 +21,8 @@ import torch
 from segdistill.config import load_config
 from segdistill.engine.builders import build_datasets, build_model
 from segdistill.engine.run import build_distiller
+from segdistill.engine.runtime import autocast_context
 from segdistill.engine.task import SupervisedTask, train_step
-from segdistill.engine.trainer import autocast_context
 from segdistill.quickstart import recipe_path
 
 METHODS = ["baseline", "kd", "fitnet", "at", "skd", "ifvd", "cwd", "dist", "cirkd", "apd"]

@@ -16,8 +16,8 @@ import torch
 
 from segdistill.config import load_config
 from segdistill.engine.builders import build_model
+from segdistill.engine.runtime import autocast_context
 from segdistill.engine.task import SupervisedTask
-from segdistill.engine.trainer import autocast_context
 from segdistill.quickstart import recipe_path
 
 

@@ -163,3 +163,41 @@ def test_the_checker_finds_an_upward_import_inside_a_function() -> None:
     assert targets == {"segdistill.engine.trainer"}
     assert upward_edges("segdistill.models.segmentor", targets) == ["segdistill.engine.trainer"]
     assert upward_edges("segdistill.engine.run", targets) == []
+
+
+# Imports that may sit inside a function: optional dependencies (and matplotlib, whose backend is set
+# first), and the lazy entry points (the CLI dispatcher and the root package keep `--help` and the
+# dataset generator's workers free of torch).
+OPTIONAL_IMPORTS = {"matplotlib", "sklearn", "onnxruntime", "onnx", "pycocotools", "cityscapesscripts"}
+LAZY_MODULES = {"segdistill", "segdistill.cli"}
+
+
+def imports_inside_functions(source: str) -> list[str]:
+    """``line: import`` for every import in a function body that is not an optional dependency."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for inner in ast.walk(node):
+            if isinstance(inner, ast.Import):
+                names = [alias.name for alias in inner.names]
+            elif isinstance(inner, ast.ImportFrom):
+                names = [("." * inner.level) + (inner.module or "")]
+            else:
+                continue
+            if all(name.split(".")[0] in OPTIONAL_IMPORTS for name in names):
+                continue
+            found.append(f"{inner.lineno}: {', '.join(names)}")
+    return sorted(set(found), key=lambda s: int(s.split(":")[0]))
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: module_name(p))
+def test_imports_sit_at_the_top_of_files(path: Path) -> None:
+    if module_name(path) in LAZY_MODULES:
+        return
+    assert imports_inside_functions(path.read_text()) == [], f"{path.name} imports inside a function"
+
+
+def test_the_top_of_file_check_finds_an_import_in_a_function() -> None:
+    source = "import os\n\ndef f():\n    import json\n    from .x import y\n    import matplotlib\n    return json, y\n"
+    assert imports_inside_functions(source) == ["4: json", "5: .x"]

@@ -295,8 +295,9 @@ class NaNAt(torch.nn.Module):
 def nan_trainer(tiny_overrides, extra, bad_steps):
     from segdistill.config import load_config
     from segdistill.engine.builders import build_datasets, build_loaders, build_model
+    from segdistill.engine.runtime import seed_everything
     from segdistill.engine.task import SupervisedTask
-    from segdistill.engine.trainer import Trainer, seed_everything
+    from segdistill.engine.trainer import Trainer
 
     config = load_config("configs/synthetic/student.yaml", [*tiny_overrides, "train.iters=6", *extra])
     seed_everything(0)

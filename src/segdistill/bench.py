@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -27,7 +28,13 @@ from rich.table import Table
 
 from .base.method_options import BENCH_METHODS
 from .config import Config, config_to_dict, load_config
+from .data.datasets import class_names
+from .engine.builders import build_datasets, build_model
+from .engine.checkpoint import load_checkpoint
+from .engine.run import evaluate_model, evaluation_loader, run_distill, run_train
 from .errors import UserError
+from .report import bench_figures
+from .report.figures import prediction_panel
 
 DEFAULT_METHODS = list(BENCH_METHODS)  # the baseline, then every method of METHOD_OPTIONS
 SHARED_SECTIONS = ("data", "model", "train", "eval")  # + teacher for distillations
@@ -77,8 +84,6 @@ def _finished(run: Run) -> dict | None:
 
 
 def _execute(run: Run, console: Console) -> dict:
-    from .engine.run import run_distill, run_train
-
     done = _finished(run)
     if done is not None:
         return done
@@ -89,22 +94,11 @@ def _execute(run: Run, console: Console) -> dict:
 
 def evaluate_teacher(config: Config, out: Path, console: Console) -> dict:
     """The teacher's val metrics under the recipe's evaluation protocol (cached in ``teacher.json``)."""
-    import torch
-
-    from .engine.builders import build_datasets, build_model
-    from .engine.evaluator import collate_eval, evaluate, protocol
-    from .engine.trainer import autocast_context, resolve_device
-
     path = out / "teacher.json"
     if path.is_file():
         return json.loads(path.read_text())
     assert config.teacher is not None
-    device = resolve_device(config.train.device)
-    _, val = build_datasets(config, console)
-    loader = torch.utils.data.DataLoader(val, batch_size=config.eval.batch_size, collate_fn=collate_eval)
-    teacher = build_model(config.teacher).to(device)
-    with torch.no_grad(), autocast_context(device, config.train.amp):
-        metrics = evaluate(teacher, loader, config.model.num_classes, device, **protocol(config))
+    metrics = evaluate_model(config, build_model(config.teacher), evaluation_loader(config, console=console))
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"weights": config.teacher.weights, "val": metrics}, indent=2))
     return {"weights": config.teacher.weights, "val": metrics}
@@ -200,9 +194,6 @@ def run_bench(
     console: Console | None = None,
     figures: bool = True,
 ) -> dict:
-    from .data.datasets import class_names
-    from .engine.builders import dataset_name
-
     console = console or Console(stderr=True)
     recipe_path, out_dir = Path(recipe), Path(out)
     if not recipe_path.is_file():
@@ -211,7 +202,7 @@ def run_bench(
         methods = ["baseline", *[m for m in methods if m != "baseline"]]
     runs = [method_config(recipe_path, m, s, out_dir, overrides) for s in seeds for m in methods]  # checked first
     base = load_config(recipe_path, overrides)
-    names = class_names(dataset_name(base.data))
+    names = class_names(base.data.dataset)
     start = time.perf_counter()
     teacher = evaluate_teacher(base, out_dir, console) if base.teacher is not None and base.teacher.weights else None
     quiet = Console(stderr=True, quiet=True)
@@ -255,12 +246,6 @@ def run_bench(
 def make_figures(out: Path, runs: list[Run], rows: dict, names: list[str], base: Config, console: Console) -> None:
     """``curves.png``, ``per_class.png``, ``predictions.png`` (teacher and each method's first-seed
     student on 3 val images) and ``tsne.png`` (teacher, baseline and APD students' pixel features)."""
-    import torch
-
-    from .engine.builders import build_datasets, build_model
-    from .engine.checkpoint import load_checkpoint
-    from .report import bench_figures
-    from .report.figures import prediction_panel
 
     by_method: dict[str, list[Path]] = {}
     for run in runs:

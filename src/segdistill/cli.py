@@ -36,9 +36,8 @@ def _print_metrics(console: Console, title: str, metrics: dict, class_names: lis
 
 def _class_names(config) -> list[str]:
     from .data.datasets import class_names
-    from .engine.builders import dataset_name
 
-    return class_names(dataset_name(config.data))
+    return class_names(config.data.dataset)
 
 
 def cmd_synth(args: argparse.Namespace, console: Console) -> int:
@@ -163,7 +162,7 @@ def cmd_profile(args: argparse.Namespace, console: Console) -> int:
     models = {"student": build_model(config.model)}
     if config.teacher is not None:
         models = {"teacher": build_model(config.teacher), **models}
-    from .engine.trainer import resolve_device
+    from .engine.runtime import resolve_device
 
     rows = profile_models(models, size, args.runs, resolve_device(config.train.device))
     table = Table(title=f"{args.config} at 1 x 3 x {size[0]} x {size[1]}")

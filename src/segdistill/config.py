@@ -21,6 +21,7 @@ from .base.schema import (
     Between,
     ListOf,
     Matches,
+    NameIn,
     NonEmptyText,
     NonNegative,
     OneOf,
@@ -33,6 +34,7 @@ from .base.schema import (
     set_path,
     setting,
 )
+from .data.datasets import DATASETS
 
 AMP_MODES = ("none", "bf16", "fp16")
 NONFINITE_POLICIES = ("stop", "skip")
@@ -44,8 +46,9 @@ SIZE_PAIR = ListOf(Positive(), length=2)  # H, W in pixels
 
 @dataclass
 class DataConfig:
-    # synthetic (generated if absent) | cityscapes | ade20k | pascal_context | pascal_context_59 | voc_aug | camvid
-    dataset: str = setting("synthetic", NonEmptyText())
+    # a name in data.datasets.DATASETS: synthetic (generated if absent), cityscapes, ade20k, pascal_context,
+    # pascal_context_59, voc_aug, camvid, or a dataset the user registered
+    dataset: str = setting("synthetic", NameIn(DATASETS))
     root: str = setting("data/synthetic", NonEmptyText())
     train_split: str = setting("train", NonEmptyText())
     val_split: str = setting("val", NonEmptyText())

@@ -6,10 +6,13 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from .engine.checkpoint import load_checkpoint, sha256
+from .engine.inference import output_logits
 from .errors import UserError
+from .predict import model_from_checkpoint
 
 
 def export_safetensors(
@@ -26,8 +29,6 @@ def export_safetensors(
     ``half`` stores float16 (floating tensors only); ``drop_aux`` leaves out ``aux_head.*``. With
     ``name``, adds or updates the entry in ``manifest.json`` beside ``out`` (file, sha256, model
     section, val mIoU, the reproducing command)."""
-    from safetensors.torch import save_file
-
     state = load_checkpoint(checkpoint)
     if "model" not in state:
         raise UserError(f"{checkpoint} is not a segdistill training checkpoint (no 'model' entry)")
@@ -59,7 +60,7 @@ def export_safetensors(
             "bytes": info["bytes"],
             "dtype": "float16" if half else "float32",
             "model": model_cfg,
-            "val_mIoU": state.get("best_miou"),
+            "val_mIoU": state.get("best_score", state.get("best_miou")),
             "step": state.get("step"),
             "command": command,
         }
@@ -75,8 +76,6 @@ class _LogitsOnly(nn.Module):
         self.model = model
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        from .engine.inference import output_logits
-
         return output_logits(self.model(image))
 
 
@@ -86,8 +85,6 @@ def export_onnx(checkpoint: str | Path, out: str | Path, size: tuple[int, int] |
     onnxruntime is installed, compare its output with PyTorch's on a random input.
 
     Returns ``{"bytes", "max_abs_diff"}`` (``max_abs_diff`` is None without onnxruntime)."""
-    from .predict import model_from_checkpoint
-
     model, config = model_from_checkpoint(checkpoint)
     wrapped = _LogitsOnly(model).eval()
     height, width = size or tuple(config["data"]["crop_size"])

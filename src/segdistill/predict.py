@@ -8,27 +8,27 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.datasets import load_image
-from .data.labels import PALETTE
+from .base.schema import build_section
+from .config import ModelConfig
+from .data.datasets import DATASETS, load_image
 from .data.transforms import normalize
+from .engine.builders import build_model
 from .engine.checkpoint import load_checkpoint
+from .engine.inference import predict
 from .errors import UserError
 
 
 def palette_for(num_classes: int, dataset: str) -> np.ndarray:
-    """The Cityscapes palette for Cityscapes-style data; otherwise a fixed, well-spread palette."""
-    if dataset in ("cityscapes", "synthetic") and num_classes <= len(PALETTE):
-        return PALETTE[:num_classes]
+    """The dataset's own palette (Cityscapes-style data has one); otherwise a fixed, well-spread palette."""
+    palette = getattr(DATASETS.get(dataset), "palette", None)
+    if palette is not None and num_classes <= len(palette):
+        return palette[:num_classes]
     rng = np.random.default_rng(12345)  # the same colours on every run
     return rng.integers(40, 256, size=(num_classes, 3), dtype=np.uint8)
 
 
 def model_from_checkpoint(checkpoint: str | Path) -> tuple[torch.nn.Module, dict]:
     """The model and the config saved in a segdistill training checkpoint."""
-    from .base.schema import build_section
-    from .config import ModelConfig
-    from .engine.builders import build_model
-
     state = load_checkpoint(checkpoint)
     if "model" not in state or "config" not in state:
         raise UserError(f"{checkpoint} is not a segdistill training checkpoint (no 'model'/'config' entry)")
@@ -42,8 +42,6 @@ def model_from_checkpoint(checkpoint: str | Path) -> tuple[torch.nn.Module, dict
 def predict_images(checkpoint: str, images: list[str], out: str, alpha: float = 0.5) -> list[Path]:
     """Write ``<stem>_mask.png`` (class colours) and ``<stem>_overlay.png`` (blended over the image)
     for each image; returns the written paths."""
-    from .engine.inference import predict
-
     model, config = model_from_checkpoint(checkpoint)
     palette = palette_for(int(config["model"]["num_classes"]), config["data"]["dataset"])
     out_dir = Path(out)

@@ -11,17 +11,16 @@ import json
 import time
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
 from .config import Config, load_config
-from .data.datasets import build_dataset
+from .data.datasets import SyntheticDataset
 from .data.labels import TRAIN_CLASSES
-from .engine.builders import build_model, ensure_synthetic, load_weights
-from .engine.evaluator import collate_eval, evaluate
-from .engine.run import run_distill, run_train
-from .engine.trainer import autocast_context, resolve_device
+from .data.synthetic import DEFAULT_PARAMS as default
+from .data.synthetic import read_params
+from .engine.builders import build_model, load_weights
+from .engine.run import evaluate_model, evaluation_loader, run_distill, run_train
 from .models import count_parameters
 from .report.figures import prediction_panel
 
@@ -47,9 +46,6 @@ def quickstart_configs(out: str, data_root: str, seed: int, overrides: list[str]
 def describe_dataset(root: Path, console: Console) -> dict:
     """The generator's parameters from ``synth.json``; a warning when they are not the defaults (the
     README's figures are for the default dataset)."""
-    from .data.synthetic import DEFAULT_PARAMS as default
-    from .data.synthetic import read_params
-
     used = read_params(root)
     if used != default:
         console.print(
@@ -69,18 +65,16 @@ def run_quickstart(
 ) -> dict:
     console = console or Console(stderr=True)
     start = time.perf_counter()
-    ensure_synthetic(data_root, console)
+    SyntheticDataset.prepare(data_root, console.print)
     dataset = describe_dataset(Path(data_root), console)
     student_cfg, apd_cfg = quickstart_configs(out, data_root, seed, list(overrides or []))
-    device = resolve_device(apd_cfg.train.device)
 
     assert apd_cfg.teacher is not None
-    teacher = build_model(apd_cfg.teacher).to(device)
-    val_set = build_dataset("cityscapes", data_root, apd_cfg.data.val_split)
-    loader = torch.utils.data.DataLoader(val_set, batch_size=apd_cfg.eval.batch_size, collate_fn=collate_eval)
+    teacher = build_model(apd_cfg.teacher)
+    loader = evaluation_loader(apd_cfg, console=console)
+    val_set = loader.dataset
     console.print(f"evaluating the shipped teacher ({apd_cfg.teacher.weights}) on {len(val_set)} val images")
-    with autocast_context(device, apd_cfg.train.amp):
-        teacher_metrics = evaluate(teacher, loader, apd_cfg.model.num_classes, device)
+    teacher_metrics = evaluate_model(apd_cfg, teacher, loader)  # the recipe's protocol, as eval and bench
 
     console.rule("student baseline (cross-entropy only)")
     baseline = run_train(student_cfg, console=console)

@@ -15,7 +15,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,6 +138,26 @@ class OneOf(Check):
         if all(isinstance(c, str) for c in self.choices):
             return ["no-such-choice"]
         return [max(self.choices) * 2 + 1]
+
+
+@dataclass(frozen=True)
+class NameIn(Check):
+    """A name registered in ``registry`` (read when checked, so names registered later count)."""
+
+    registry: Mapping[str, Any] = field(hash=False, compare=False)
+
+    @property
+    def allowed(self) -> str:  # type: ignore[override]
+        return "one of " + ", ".join(sorted(self.registry))
+
+    def problem(self, value: Any) -> str | None:
+        if isinstance(value, str) and value in self.registry:
+            return None
+        hint = did_you_mean(value, list(self.registry), cutoff=0.5) if isinstance(value, str) else ""
+        return "not a registered name" + hint
+
+    def bad_examples(self) -> list[Any]:
+        return ["no-such-name"]
 
 
 @dataclass(frozen=True)

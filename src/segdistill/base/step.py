@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .labels import IGNORE_INDEX
 from .outputs import output_logits
 
 
@@ -32,7 +33,7 @@ class OwnStep(NamedTuple):
 
 
 def segmentation_losses(
-    output: object, labels: torch.Tensor, aux_weight: float, ignore_index: int = 255
+    output: object, labels: torch.Tensor, aux_weight: float, ignore_index: int = IGNORE_INDEX
 ) -> dict[str, torch.Tensor]:
     """Cross-entropy on the main logits (+ ``aux_weight`` x the auxiliary logits when present).
 

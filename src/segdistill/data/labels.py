@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-IGNORE_INDEX = 255
+from ..base.labels import IGNORE_INDEX
 
 
 class Label(NamedTuple):

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..base.labels import IGNORE_INDEX
 from ..base.step import OwnStep
 from ..distill.apd import APDLoss
 from ..errors import UserError
@@ -45,7 +46,7 @@ def instance_label_map(
     image_sizes: list[tuple[int, int]],
     batch_size_hw: tuple[int, int],
     source: str = "masks",
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
 ) -> torch.Tensor:
     """``B x H x W`` int64 class map of a (resized, padded) detection batch.
 

@@ -13,7 +13,6 @@ the identity and trains badly. Anchor sizes default to 16..256 (one per level), 
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from typing import Any
 
@@ -28,6 +27,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from ..base.schema import closest
 from ..errors import UserError
 
 ARCHS = {"faster_rcnn": FasterRCNN, "mask_rcnn": MaskRCNN}
@@ -75,7 +75,7 @@ def build_backbone(name: str, fpn_channels: int = 256, norm: str = "bn") -> nn.M
             norm_layer=NORMS[norm],
             returned_layers=[1, 2, 3, 5],
         )
-    close = difflib.get_close_matches(name, BACKBONES, n=1)
+    close = closest(name, BACKBONES)
     hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(BACKBONES)}"
     raise UserError(f"unknown detection backbone {name!r} ({hint})")
 
@@ -86,7 +86,7 @@ def _check_options(arch: str, options: dict[str, Any]) -> None:
         allowed |= set(inspect.signature(MaskRCNN.__init__).parameters) - {"self", "kwargs"} - _OWNED
     for key in options:
         if key not in allowed:
-            close = difflib.get_close_matches(key, sorted(allowed), n=1)
+            close = closest(key, sorted(allowed))
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise UserError(f"unknown detector option {key!r} for {arch}{hint}")
 

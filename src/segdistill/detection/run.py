@@ -4,6 +4,7 @@ guard) driving a torchvision detector, evaluated with the COCO metrics."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -12,13 +13,18 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..config import save_config
+from ..data.datasets import SyntheticDataset
 from ..data.sampling import EpochBatchSampler, SeededSamples
-from ..engine.builders import load_weights, write_summary
-from ..engine.checkpoint import prepare_run_dir
-from ..engine.trainer import Trainer, poly_schedule, resolve_device, seed_everything, with_warmup
+from ..engine.builders import load_weights
+from ..engine.checkpoint import prepare_run_dir, sha256
+from ..engine.distributed import DistInfo
+from ..engine.job import run_job
+from ..engine.runtime import resolve_device
+from ..engine.trainer import Trainer, poly_schedule, with_warmup
 from ..errors import UserError
 from ..models import count_parameters
+from .apd import DetectionAPDLoss, pair_levels
+from .coco import write_coco
 from .config import DetectionConfig
 from .dataset import CocoDetection, collate_detection
 from .evaluate import describe, evaluate_detector
@@ -57,11 +63,8 @@ def _resolve(root: Path, path: str) -> Path:
 
 def ensure_synthetic_coco(config: DetectionConfig, console: Console) -> None:
     """Generate the embedded dataset if absent and write its COCO annotations if they are missing."""
-    from ..engine.builders import ensure_synthetic
-    from .coco import write_coco
-
     root = Path(config.data.root)
-    ensure_synthetic(root, console)
+    SyntheticDataset.prepare(root, console.print)
     for split, ann in (("train", config.data.train_ann), ("val", config.data.val_ann)):
         path = _resolve(root, ann)
         if not path.is_file():
@@ -132,66 +135,83 @@ def detector_with_weights(cfg, num_classes: int) -> nn.Module:
 
 
 def _single_process() -> None:
-    import os
-
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("segdistill detect runs in one process; torchrun with several processes is not supported yet")
 
 
-def _run(config: DetectionConfig, resume: bool, console: Console | None, make_task) -> dict:
-    _single_process()
-    console = console or Console(stderr=True)
-    device = resolve_device(config.train.device)
-    prepare_run_dir(config.run_dir)
-    (config.run_dir / "summary.json").unlink(missing_ok=True)
-    seed_everything(config.seed, config.train.deterministic)
-    train_set, val_set = build_detection_datasets(config, console)
-    num_classes = num_classes_of(config, train_set)
-    train_loader, val_loader = build_detection_loaders(config, train_set, val_set)
-    model = detector_with_weights(config.model, num_classes).to(device)
-    save_config(config, config.run_dir / "config.yaml")
-    task = make_task(model, num_classes, device)
-    trainer = DetectionTrainer(
-        config,
-        task,
-        train_loader,
-        val_loader,
-        num_classes,
-        device,
-        console,
-        gt_data=val_set.data,
-        category_ids=val_set.category_ids,
-        schedule=with_warmup(
-            poly_schedule(config.train.lr, config.train.iters, config.train.poly_power),
-            config.train.warmup_iters,
-            config.train.warmup_factor,
-        ),
-    )
-    metrics = trainer.fit(resume=resume)
-    summary = {
-        "name": config.name,
-        "seed": config.seed,
-        "val": metrics,
-        "parameters": count_parameters(model),
-        "train_seconds": metrics.get("train_seconds"),
-        "iters": config.train.iters,
-        "class_names": val_set.class_names,
-    }
-    write_summary(config.run_dir / "summary.json", summary)
-    return summary
+class DetectionJob:
+    """The detection family of :func:`~segdistill.engine.job.run_job`: COCO-format datasets, a
+    torchvision detector from ``config.model``, the poly schedule with warm-up, COCO evaluation.
+    ``num_classes`` (categories + background) is known once :meth:`datasets` has run."""
+
+    def __init__(self, config: DetectionConfig) -> None:
+        self.config = config
+        self.num_classes: int | None = None
+
+    def start(self) -> tuple[DistInfo, torch.device]:
+        _single_process()
+        return DistInfo(), resolve_device(self.config.train.device)
+
+    def datasets(self, console: Console) -> tuple[CocoDetection, CocoDetection]:
+        train, val = build_detection_datasets(self.config, console)
+        self.num_classes = num_classes_of(self.config, train)
+        return train, val
+
+    def loaders(self, train: CocoDetection, val: CocoDetection, info: DistInfo) -> tuple[DataLoader, DataLoader]:
+        return build_detection_loaders(self.config, train, val)
+
+    def student(self, device: torch.device, info: DistInfo) -> nn.Module:
+        assert self.num_classes is not None
+        return detector_with_weights(self.config.model, self.num_classes).to(device)
+
+    def trainer(
+        self,
+        task: nn.Module,
+        train_loader: DataLoader,
+        val_loader: DataLoader,
+        device: torch.device,
+        console: Console,
+        info: DistInfo,
+    ) -> DetectionTrainer:
+        config, val = self.config, val_loader.dataset
+        train = config.train
+        schedule = with_warmup(
+            poly_schedule(train.lr, train.iters, train.poly_power), train.warmup_iters, train.warmup_factor
+        )
+        return DetectionTrainer(
+            config,
+            task,
+            train_loader,
+            val_loader,
+            self.num_classes,
+            device,
+            console,
+            gt_data=val.data,
+            category_ids=val.category_ids,
+            schedule=schedule,
+        )
+
+    def summary(self, model: nn.Module, metrics: dict, val: CocoDetection, device: torch.device) -> dict:
+        return {
+            "name": self.config.name,
+            "seed": self.config.seed,
+            "val": metrics,
+            "parameters": count_parameters(model),
+            "train_seconds": metrics.get("train_seconds"),
+            "iters": self.config.train.iters,
+            "class_names": val.class_names,
+        }
 
 
 def run_detect_train(config: DetectionConfig, resume: bool = False, console: Console | None = None) -> dict:
     """Train ``config.model`` on ``config.data`` with its own losses; COCO-evaluate on the val split."""
-    return _run(config, resume, console, lambda model, num_classes, device: DetectionSupervisedTask(model))
+    return run_job(DetectionJob(config), lambda model, device: DetectionSupervisedTask(model), resume, console)
 
 
 def build_detection_distiller(
     config: DetectionConfig, student: nn.Module, teacher: nn.Module, num_classes: int, device: torch.device
 ) -> DetectionDistiller:
     """:class:`DetectionDistiller` with APD on the FPN levels the two detectors share (probed)."""
-    from .apd import DetectionAPDLoss, pair_levels
-
     assert config.distill is not None
     unknown = [m for m in config.distill.methods if m != "apd"]
     if unknown or not config.distill.methods:
@@ -227,18 +247,19 @@ def run_detect_distill(config: DetectionConfig, resume: bool = False, console: C
             )
     check_teacher_file(config, resume)
 
-    def task(student: nn.Module, num_classes: int, device: torch.device) -> nn.Module:
-        teacher = detector_with_weights(config.teacher, num_classes).to(device)
-        return build_detection_distiller(config, student, teacher, num_classes, device)
+    job = DetectionJob(config)
 
-    return _run(config, resume, console, task)
+    def task(student: nn.Module, device: torch.device) -> nn.Module:
+        assert job.num_classes is not None
+        teacher = detector_with_weights(config.teacher, job.num_classes).to(device)
+        return build_detection_distiller(config, student, teacher, job.num_classes, device)
+
+    return run_job(job, task, resume, console)
 
 
 def check_teacher_file(config: DetectionConfig, resume: bool) -> None:
     """Record the teacher file's SHA-256 in ``runs/<name>/teacher.sha256``; a resumed run whose
     teacher file has changed since (a teacher run resumed or retrained in place) is refused."""
-    from ..engine.checkpoint import sha256
-
     assert config.teacher is not None and config.teacher.weights
     path = Path(config.teacher.weights)
     if not path.is_file():

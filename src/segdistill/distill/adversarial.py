@@ -98,7 +98,7 @@ class AdversarialLoss(DistillLoss):
         return [("adv_d", self.discriminator, self._optimizer)]
 
     def forward(
-        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor | None = None
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         check_same_grid("adversarial", student_logits, teacher_logits)
         with torch.autocast(device_type=student_logits.device.type, enabled=False):

@@ -9,7 +9,7 @@ adaptive predictions are matched to the teacher's (``apd_kl``), the prototypes a
 logits (``apd_teacher_ce``).
 
 Shapes: ``student_feat B x C_s x h x w``, ``teacher_feat B x C_t x h' x w'`` (resized to ``h x w``
-if it differs), ``target B x H x W`` (ignore 255). Reductions follow the authors' release:
+if it differs), ``labels B x H x W`` (ignore 255). Reductions follow the authors' release:
 
 * ``apd_kl``: KL(softmax(z_t) || softmax(z_s)) over the N present classes, summed over all
   elements and divided by ``B * N * h * w`` (torch ``KLDivLoss`` 'mean'), teacher detached;
@@ -31,8 +31,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..base.labels import IGNORE_INDEX
 from ..errors import UserError
 from .base import DistillLoss
+from .common import one_hot_valid, resize_labels
 
 SCOPES = ("batch", "image", "global")
 _ABSENT = -1.0e4  # logit for classes absent from the batch: exp() underflows to exactly 0 in float32
@@ -41,23 +43,6 @@ _ABSENT = -1.0e4  # logit for classes absent from the batch: exp() underflows to
 def make_adapter(in_channels: int, hidden: int, out_channels: int) -> nn.Sequential:
     """The release's adapter: 1x1 conv, ReLU, 1x1 conv."""
     return nn.Sequential(nn.Conv2d(in_channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, out_channels, 1))
-
-
-def resize_labels(target: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Nearest-neighbour resize of ``B x H x W`` integer labels to ``B x h x w``."""
-    if tuple(target.shape[-2:]) == tuple(size):
-        return target
-    return F.interpolate(target[:, None].float(), size=size, mode="nearest")[:, 0].long()
-
-
-def one_hot_valid(
-    labels: torch.Tensor, num_classes: int, ignore_index: int, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """``B x h x w`` labels -> float one-hot ``B x K x h x w``; ignored (or out-of-range) pixels are all 0."""
-    valid = (labels >= 0) & (labels < num_classes) & (labels != ignore_index)
-    safe = torch.where(valid, labels, torch.zeros_like(labels))
-    onehot = F.one_hot(safe, num_classes).permute(0, 3, 1, 2).to(dtype)
-    return onehot * valid[:, None].to(dtype)
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -114,7 +99,7 @@ class APDLoss(DistillLoss):
     """Adaptive Perspective Distillation loss; see the module docstring for the formulation.
 
     ``APDLoss(num_classes, student_channels, teacher_channels, adapter=True, adapter_channels=512,
-    scale=10.0, ignore_index=255, scope="batch")``; ``loss(student_feat, teacher_feat, target)``
+    scale=10.0, ignore_index=255, scope="batch")``; ``loss(student_feat, teacher_feat, labels)``
     returns ``{"apd_kl", "apd_align", "apd_teacher_ce"}`` (unweighted scalars).
 
     ``scope``: ``"batch"`` pools prototypes over the whole (per-device) batch, as the release does;
@@ -136,7 +121,7 @@ class APDLoss(DistillLoss):
         adapter: bool = True,
         adapter_channels: int = 512,
         scale: float = 10.0,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         scope: str = "batch",
         teacher_adapter_lr: float = 1e-5,
     ) -> None:
@@ -181,7 +166,7 @@ class APDLoss(DistillLoss):
             )
 
     def forward(
-        self, student_feat: torch.Tensor, teacher_feat: torch.Tensor, target: torch.Tensor
+        self, student_feat: torch.Tensor, teacher_feat: torch.Tensor, labels: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         self._check_channels(student_feat, teacher_feat)
         size = tuple(student_feat.shape[-2:])
@@ -197,8 +182,8 @@ class APDLoss(DistillLoss):
             # contiguous NCHW (a no-op unless the maps are channels_last): every later op is a view
             s = F.normalize(f_s, dim=1).contiguous()
             t = F.normalize(f_t, dim=1).contiguous()  # carries gradient to the teacher adapter only
-            labels = resize_labels(target, size)
-            onehot = one_hot_valid(labels, self.num_classes, self.ignore_index, dtype)
+            grid_labels = resize_labels(labels, size)
+            onehot = one_hot_valid(grid_labels, self.num_classes, self.ignore_index, dtype)
 
             p_s, present = pool_prototypes(s, onehot, self.scope)
             p_t, _ = pool_prototypes(t, onehot, self.scope)
@@ -228,8 +213,8 @@ class APDLoss(DistillLoss):
 
             # Teacher-adapter term: adaptive teacher logits in K channels, absent classes 0.
             z_t_train = z_t_raw * mask.to(t.dtype)
-            z_up = F.interpolate(z_t_train, size=target.shape[-2:], mode="bilinear", align_corners=True)
+            z_up = F.interpolate(z_t_train, size=labels.shape[-2:], mode="bilinear", align_corners=True)
             # 'sum' is 0 when every pixel is ignored, so a batch without a valid pixel gives 0, not NaN
-            ce = F.cross_entropy(z_up, target, ignore_index=self.ignore_index, reduction="sum")
-            apd_teacher_ce = ce / (target != self.ignore_index).sum().clamp(min=1)
+            ce = F.cross_entropy(z_up, labels, ignore_index=self.ignore_index, reduction="sum")
+            apd_teacher_ce = ce / (labels != self.ignore_index).sum().clamp(min=1)
         return {"apd_kl": apd_kl, "apd_align": apd_align, "apd_teacher_ce": apd_teacher_ce}

@@ -34,7 +34,7 @@ class ATLoss(DistillLoss):
         self.p = p
 
     def forward_taps(
-        self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], target: torch.Tensor | None
+        self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], labels: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
         return self.forward(*(student[t] for t in self.taps), teachers=[teacher[t] for t in self.taps])
 

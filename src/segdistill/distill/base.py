@@ -3,7 +3,7 @@
 A loss is an ``nn.Module`` that declares the taps it reads (``taps``: names such as ``"feat"``,
 ``"logits"``) and returns a dict of named scalar terms. The :class:`~segdistill.Distiller` captures
 the taps from both models, brings teacher maps to the student's grid, and calls
-``loss.forward_taps(student, teacher, target)``; single-tap losses get ``loss(s, t, target)``.
+``loss.forward_taps(student, teacher, labels)``; single-tap losses get ``loss(s, t, labels)``.
 
 A loss may own modules trained by the student's optimizer (adapters, projectors) and modules that
 need their own optimizer (APD's teacher adapter, SKD's discriminator): those declare themselves in
@@ -29,12 +29,12 @@ class DistillLoss(nn.Module):
     steps_after_student: frozenset[str] = frozenset()
 
     def forward_taps(
-        self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], target: torch.Tensor
+        self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], labels: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         if len(self.taps) != 1:
             raise TypeError(f"{type(self).__name__} reads several taps and must define forward_taps")
         (tap,) = self.taps
-        return self(student[tap], teacher[tap], target)
+        return self(student[tap], teacher[tap], labels)
 
     def own_optimizers(self) -> list[tuple[str, nn.Module, torch.optim.Optimizer]]:
         """``(term name, module, optimizer)`` for every part trained by its own optimizer."""

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .apd import one_hot_valid, resize_labels
+from ..base.labels import IGNORE_INDEX
 from .base import DistillLoss
-from .common import check_channels, check_same_grid, float32
+from .common import check_channels, check_same_grid, float32, one_hot_valid, resize_labels
 
 
 def _row_kl(s_sim: torch.Tensor, t_sim: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -62,7 +62,7 @@ class CIRKDMiniBatchLoss(DistillLoss):
         self.checkpointed = checkpointed
 
     def forward(
-        self, student_feat: torch.Tensor, teacher_feat: torch.Tensor, target: torch.Tensor | None = None
+        self, student_feat: torch.Tensor, teacher_feat: torch.Tensor, labels: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         check_same_grid("CIRKD mini-batch", student_feat, teacher_feat)
         with torch.autocast(device_type=student_feat.device.type, enabled=False):
@@ -133,7 +133,7 @@ class CIRKDMemoryLoss(DistillLoss):
         pixels_per_image: int = 16,
         temperature: float = 0.1,
         kd_temperature: float = 1.0,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -199,7 +199,7 @@ class CIRKDMemoryLoss(DistillLoss):
         return (per_anchor * anchors).sum() / anchors.sum().clamp(min=1.0) * temp**2
 
     def forward(
-        self, student_feat: torch.Tensor, teacher_feat: torch.Tensor, target: torch.Tensor
+        self, student_feat: torch.Tensor, teacher_feat: torch.Tensor, labels: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         check_same_grid("CIRKD memory", student_feat, teacher_feat)
         check_channels("CIRKD memory", "student", self.student_channels, student_feat)
@@ -207,10 +207,11 @@ class CIRKDMemoryLoss(DistillLoss):
         with torch.autocast(device_type=student_feat.device.type, enabled=False):
             s = F.normalize(self.project(float32(student_feat)), dim=1)
             t = F.normalize(float32(teacher_feat.detach()), dim=1)
-            labels = resize_labels(target, tuple(s.shape[-2:]))
+            grid_labels = resize_labels(labels, tuple(s.shape[-2:]))
             if self.training:
-                self.enqueue(t, labels)
-            valid = ((labels != self.ignore_index) & (labels >= 0) & (labels < self.num_classes)).flatten().to(s.dtype)
+                self.enqueue(t, grid_labels)
+            g = grid_labels
+            valid = ((g != self.ignore_index) & (g >= 0) & (g < self.num_classes)).flatten().to(s.dtype)
             s_rows = s.permute(0, 2, 3, 1).reshape(-1, s.shape[1])  # B*h*w x C: every pixel, invalid ones weigh 0
             t_rows = t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
             terms = {}

@@ -42,7 +42,7 @@ class CWDLoss(DistillLoss):
             self.taps = ("logits", "feat")
 
     def forward_taps(
-        self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], target: torch.Tensor | None
+        self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], labels: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
         terms = self(student["logits"], teacher["logits"])
         if self.align is not None:
@@ -53,7 +53,7 @@ class CWDLoss(DistillLoss):
         return terms
 
     def forward(
-        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor | None = None
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         check_same_grid("CWD", student_logits, teacher_logits)
         with torch.autocast(device_type=student_logits.device.type, enabled=False):

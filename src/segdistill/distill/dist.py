@@ -52,7 +52,7 @@ class DISTLoss(DistillLoss):
         return dist_relation_loss(float32(s), float32(t.detach()), self.beta, self.gamma, self.tau)
 
     def forward_taps(
-        self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], target: torch.Tensor | None
+        self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], labels: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
         with torch.autocast(device_type=student["logits"].device.type, enabled=False):
             loss = self._one(student["logits"], teacher["logits"])
@@ -61,7 +61,7 @@ class DISTLoss(DistillLoss):
         return {"dist": loss}
 
     def forward(
-        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor | None = None
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         """Main logits only (the aux pair goes through :meth:`forward_taps`)."""
         with torch.autocast(device_type=student_logits.device.type, enabled=False):

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..base.labels import IGNORE_INDEX
 from ..base.outputs import output_logits
+from ..base.schema import closest
 from ..base.step import OwnStep, StepOutput, distillation_param_groups, segmentation_losses
 from ..errors import UserError
 from .base import DistillLoss
@@ -35,7 +36,7 @@ class Distiller(nn.Module):
     losses see them. ``weights`` may name a method (``{"apd": 10}`` weighs all its terms) or a single
     term (``{"apd_align": 5}``); unnamed terms weigh 1.
 
-    ``forward(images B x 3 x H x W, targets B x H x W)`` returns ``out.logits`` (student, ``B x K x H x W``),
+    ``forward(images B x 3 x H x W, labels B x H x W)`` returns ``out.logits`` (student, ``B x K x H x W``),
     ``out.losses`` (weighted scalar terms: ``ce``, ``aux_ce``, the methods' terms), ``out.total``, and
     ``out.own_losses`` (terms that train modules with their own optimizers, e.g. ``apd_teacher_ce``).
     """
@@ -50,7 +51,7 @@ class Distiller(nn.Module):
         weights: Mapping[str, float] | None = None,
         *,
         aux_weight: float = 0.4,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
     ) -> None:
         super().__init__()
         self.student = student
@@ -69,7 +70,7 @@ class Distiller(nn.Module):
             known |= {t for t in getattr(loss, "terms", ()) if t not in getattr(loss, "own_terms", ())}
         for key in self.weights:
             if key not in known:
-                close = difflib.get_close_matches(key, sorted(known), n=1)
+                close = closest(key, sorted(known))
                 hint = f"did you mean {close[0]!r}?" if close else f"losses and terms: {', '.join(sorted(known))}"
                 raise UserError(f"weight {key!r} names no loss or term ({hint})")
         self.teacher.eval()
@@ -89,7 +90,7 @@ class Distiller(nn.Module):
     def _weight(self, method: str, term: str) -> float:
         return float(self.weights.get(term, self.weights.get(method, 1.0)))
 
-    def forward(self, images: torch.Tensor, targets: torch.Tensor) -> StepOutput:
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:
         self._student_taps.clear()
         self._teacher_taps.clear()
         with torch.no_grad():
@@ -98,10 +99,10 @@ class Distiller(nn.Module):
         output = self.student(images)
         student_maps = self._student_taps.collect()
         teacher_maps = {k: to_common_grid(student_maps[k], v) for k, v in teacher_maps.items()}
-        losses = segmentation_losses(output, targets, self.aux_weight, self.ignore_index)
+        losses = segmentation_losses(output, labels, self.aux_weight, self.ignore_index)
         own: dict[str, torch.Tensor] = {}
         for name, loss in self.losses.items():
-            for term, value in loss.forward_taps(student_maps, teacher_maps, targets).items():
+            for term, value in loss.forward_taps(student_maps, teacher_maps, labels).items():
                 if term in loss.own_terms:
                     own[term] = value
                 else:

@@ -31,7 +31,7 @@ class FitNetLoss(DistillLoss):
         self.regressor = nn.Conv2d(student_channels, teacher_channels, 1, bias=False)
 
     def forward(
-        self, student_feat: torch.Tensor, teacher_feat: torch.Tensor, target: torch.Tensor | None = None
+        self, student_feat: torch.Tensor, teacher_feat: torch.Tensor, labels: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         check_same_grid("FitNet", student_feat, teacher_feat)
         check_channels("FitNet", "student", self.student_channels, student_feat)

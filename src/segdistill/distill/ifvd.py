@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from .apd import one_hot_valid, resize_labels
+from ..base.labels import IGNORE_INDEX
 from .base import DistillLoss
-from .common import check_same_grid, float32
+from .common import check_same_grid, float32, one_hot_valid, resize_labels
 
 
 def variation_map(feat: torch.Tensor, onehot: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -43,19 +43,19 @@ class IFVDLoss(DistillLoss):
     taps = ("feat",)
     terms = ("ifvd",)
 
-    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.ignore_index = ignore_index
 
     def forward(
-        self, student_feat: torch.Tensor, teacher_feat: torch.Tensor, target: torch.Tensor
+        self, student_feat: torch.Tensor, teacher_feat: torch.Tensor, labels: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         check_same_grid("IFVD", student_feat, teacher_feat)
         with torch.autocast(device_type=student_feat.device.type, enabled=False):
             f_s = float32(student_feat)
             f_t = float32(teacher_feat.detach())
-            labels = resize_labels(target, tuple(f_s.shape[-2:]))
-            onehot = one_hot_valid(labels, self.num_classes, self.ignore_index, f_s.dtype)
+            grid_labels = resize_labels(labels, tuple(f_s.shape[-2:]))
+            onehot = one_hot_valid(grid_labels, self.num_classes, self.ignore_index, f_s.dtype)
             loss = (variation_map(f_s, onehot) - variation_map(f_t, onehot)).pow(2).mean()
         return {"ifvd": loss}

@@ -16,7 +16,7 @@ class KDLoss(DistillLoss):
     """``T^2 * KL(softmax(z_t / T) || softmax(z_s / T))`` per pixel, teacher detached.
 
     Inputs: logits ``B x K x h x w`` (student and teacher; the teacher is resized to the student's
-    grid if it differs) and ``target B x H x W``; both logits are upsampled bilinearly
+    grid if it differs) and ``labels B x H x W``; both logits are upsampled bilinearly
     (align_corners=True) to ``H x W`` as in the APD release.
 
     ``reduction="mean"`` (default, the release): the sum over all elements divided by ``B*K*H*W``
@@ -39,7 +39,7 @@ class KDLoss(DistillLoss):
         self.upsample = upsample
 
     def forward(
-        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor | None = None
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         if student_logits.shape[1] != teacher_logits.shape[1]:
             raise UserError(
@@ -49,7 +49,7 @@ class KDLoss(DistillLoss):
         with torch.autocast(device_type=student_logits.device.type, enabled=False):
             z_s = float32(student_logits)
             z_t = float32(teacher_logits.detach())
-            size = tuple(target.shape[-2:]) if (self.upsample and target is not None) else tuple(z_s.shape[-2:])
+            size = tuple(labels.shape[-2:]) if (self.upsample and labels is not None) else tuple(z_s.shape[-2:])
             if tuple(z_s.shape[-2:]) != size:
                 z_s = F.interpolate(z_s, size=size, mode="bilinear", align_corners=True)
             if tuple(z_t.shape[-2:]) != size:

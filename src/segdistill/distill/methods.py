@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from ..base.labels import IGNORE_INDEX
 from ..base.method_options import (
     APDOptions,
     ATOptions,
@@ -47,7 +48,7 @@ class MethodContext:
     num_classes: int
     student_channels: dict[str, int]  # tap -> channels, probed from the student
     teacher_channels: dict[str, int]
-    ignore_index: int = 255
+    ignore_index: int = IGNORE_INDEX
 
 
 def build_kd(ctx: MethodContext, opts: KDOptions) -> Built:

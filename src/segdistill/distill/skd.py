@@ -42,7 +42,7 @@ class PairwiseLoss(DistillLoss):
         self.pool = pool
 
     def forward(
-        self, student_feat: torch.Tensor, teacher_feat: torch.Tensor, target: torch.Tensor | None = None
+        self, student_feat: torch.Tensor, teacher_feat: torch.Tensor, labels: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         check_same_grid("SKD pair-wise", student_feat, teacher_feat)
         with torch.autocast(device_type=student_feat.device.type, enabled=False):

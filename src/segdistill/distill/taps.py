@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 
+from ..base.schema import closest
 from ..errors import UserError
 
 
@@ -16,7 +16,7 @@ def find_module(model: nn.Module, name: str, side: str = "model") -> nn.Module:
     modules = dict(model.named_modules())
     if name in modules and name != "":
         return modules[name]
-    close = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.4)
+    close = closest(name, [n for n in modules if n], n=5, cutoff=0.4)
     hint = f"closest: {', '.join(close)}" if close else "list them with [n for n, _ in model.named_modules()]"
     raise UserError(f"{side} has no module named {name!r} ({hint})")
 

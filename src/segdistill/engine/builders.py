@@ -10,8 +10,9 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import Config, DataConfig, ModelConfig
-from ..data.datasets import build_dataset
+from ..assets import load_shipped
+from ..config import Config, ModelConfig
+from ..data.datasets import build_dataset, class_names, prepare_dataset
 from ..data.sampling import EpochBatchSampler, SeededSamples
 from ..data.transforms import seed_worker, train_transform
 from ..errors import UserError
@@ -20,41 +21,21 @@ from .checkpoint import load_model_weights, load_weights_file
 from .evaluator import collate_eval
 
 
-def ensure_synthetic(root: str | Path, console: Console | None = None) -> None:
-    """Generate the embedded default dataset at ``root`` (default arguments) unless it is complete."""
-    from ..data.synthetic import generate_dataset
-
-    root = Path(root)
-    if (root / "synth.json").is_file():
-        return
-    console = console or Console(stderr=True)
-    console.print(f"generating the embedded synthetic street-scene dataset in {root} ...")
-    counts = generate_dataset(root)
-    console.print(f"generated {counts['train']} train and {counts['val']} val scenes")
-
-
-def dataset_name(data: DataConfig) -> str:
-    return "cityscapes" if data.dataset == "synthetic" else data.dataset
-
-
 def build_datasets(config: Config, console: Console | None = None) -> tuple[Dataset, Dataset]:
     data = config.data
-    if data.dataset == "synthetic":
-        ensure_synthetic(data.root, console)
+    prepare_dataset(data.dataset, data.root, (console or Console(stderr=True)).print)
     transform = train_transform(
         tuple(data.crop_size), tuple(data.scale), data.rotate, data.blur_p, data.flip_p, seed=config.seed
     )
-    train = build_dataset(dataset_name(data), data.root, data.train_split, transform=transform)
-    val = build_dataset(dataset_name(data), data.root, data.val_split, transform=None)
+    train = build_dataset(data.dataset, data.root, data.train_split, transform=transform)
+    val = build_dataset(data.dataset, data.root, data.val_split, transform=None)
     check_class_count(config)
     return train, val
 
 
 def check_class_count(config: Config) -> None:
     """``model.num_classes`` (and the teacher's) must be the dataset's class count."""
-    from ..data.datasets import class_names
-
-    expected = len(class_names(dataset_name(config.data)))
+    expected = len(class_names(config.data.dataset))
     for key, section in (("model", config.model), ("teacher", config.teacher)):
         if section is not None and section.num_classes != expected:
             raise UserError(
@@ -115,8 +96,6 @@ def build_model(cfg: ModelConfig, num_classes: int | None = None) -> nn.Module:
 def load_weights(model: nn.Module, spec: str) -> None:
     """Load ``spec`` into ``model``: ``shipped:<name>`` (checksum-verified) or a file path."""
     if spec.startswith("shipped:"):
-        from ..assets import load_shipped
-
         state, source = load_shipped(spec.split(":", 1)[1])
     else:
         state, source = load_weights_file(spec), spec

@@ -6,7 +6,9 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
+from torch.utils.data import default_collate
 
+from ..base.labels import IGNORE_INDEX
 from .inference import predict
 from .metrics import ConfusionMatrix
 
@@ -24,7 +26,7 @@ def evaluate(
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     base_size: int | None = None,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     on_batch: Callable[[int], None] | None = None,
     on_prediction: Callable[[list[str], torch.Tensor], None] | None = None,
 ) -> dict:
@@ -75,8 +77,6 @@ def _same_size_groups(batch: dict):
 def collate_eval(samples: list[dict]) -> dict:
     """The default collation when every image has the same size; lists otherwise (ADE20K, PASCAL
     images vary), so that ``eval.batch_size`` never fails and never changes a result."""
-    from torch.utils.data import default_collate
-
     if len({tuple(s["image"].shape) for s in samples}) == 1:
         return default_collate(samples)
     return {key: [s[key] for s in samples] for key in samples[0]}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..base.labels import IGNORE_INDEX
+
 
 class ConfusionMatrix:
     """Accumulates a ``K x K`` confusion matrix (rows: ground truth, columns: prediction).
@@ -13,7 +15,7 @@ class ConfusionMatrix:
     ``ignore_index`` are skipped. Implemented with one ``torch.bincount`` over ``K * gt + pred``.
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255, device: torch.device | str = "cpu") -> None:
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, device: torch.device | str = "cpu") -> None:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)

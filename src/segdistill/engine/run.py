@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
+import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from rich.console import Console
+from timm.layers import convert_sync_batchnorm
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
-from ..config import Config, save_config
+from ..config import Config
+from ..data.datasets import build_dataset, prepare_dataset
+from ..data.labels import train_id_to_id_lut
+from ..distill import Distiller, probe_channels
+from ..distill.methods import MethodContext, build_methods
+from ..errors import UserError
 from ..models import count_flops, count_parameters
-from .builders import build_datasets, build_loaders, build_model, load_weights, write_summary
+from ..models.sync_bn import convert_all_reduce_batchnorm
+from .builders import build_datasets, build_loaders, build_model, check_class_count, load_weights, write_summary
 from .checkpoint import prepare_run_dir
+from .distributed import DistInfo, init_distributed
 from .evaluator import collate_eval, evaluate, protocol
+from .job import MakeTask, run_job
+from .runtime import autocast_context, resolve_device
 from .task import SupervisedTask
-from .trainer import Trainer, autocast_context, resolve_device, seed_everything
+from .trainer import Trainer
 
 
 def run_train(config: Config, resume: bool = False, console: Console | None = None) -> dict:
@@ -31,45 +46,47 @@ def run_train(config: Config, resume: bool = False, console: Console | None = No
     return _run(config, resume, console, task)
 
 
-def _run(config: Config, resume: bool, console: Console | None, make_task) -> dict:
-    """The steps shared by plain training and distillation, single- or multi-process."""
-    from .distributed import barrier, init_distributed, is_collective_failure, lost_peer_error, shutdown
+class SegmentationJob:
+    """The segmentation family of :func:`~segdistill.engine.job.run_job`: ``config.data``'s dataset,
+    the seeded epoch sampler, a segmentor from ``config.model``, the poly schedule, mIoU evaluation."""
 
-    info, device = init_distributed(resolve_device(config.train.device), config.train.dist_timeout)
-    console = console or Console(stderr=True)
-    if not info.is_main:
-        console = Console(stderr=True, quiet=True)
-    try:
-        if info.is_main:
-            prepare_run_dir(config.run_dir)  # fail before any work when the outputs cannot be written
-            (config.run_dir / "summary.json").unlink(missing_ok=True)  # written only by a finished run
-        seed_everything(config.seed, config.train.deterministic)
-        if info.is_main:  # rank 0 generates the embedded dataset if needed, then the others read it
-            train_set, val_set = build_datasets(config, console)
-        barrier(info)
-        if not info.is_main:
-            train_set, val_set = build_datasets(config, console)
-        train_loader, val_loader = build_loaders(config, train_set, val_set, rank=info.rank, world_size=info.world_size)
-        model = build_model(config.model)  # built first: the same init as the baseline's in a distillation
-        if info.enabled and config.train.sync_bn:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def start(self) -> tuple[DistInfo, torch.device]:
+        return init_distributed(resolve_device(self.config.train.device), self.config.train.dist_timeout)
+
+    def datasets(self, console: Console) -> tuple[Dataset, Dataset]:
+        return build_datasets(self.config, console)
+
+    def loaders(self, train: Dataset, val: Dataset, info: DistInfo) -> tuple[DataLoader, DataLoader]:
+        return build_loaders(self.config, train, val, rank=info.rank, world_size=info.world_size)
+
+    def student(self, device: torch.device, info: DistInfo) -> nn.Module:
+        model = build_model(self.config.model)
+        if info.enabled and self.config.train.sync_bn:
             model = sync_batchnorm(model, device)
-        model = model.to(device)
-        if info.is_main:
-            save_config(config, config.run_dir / "config.yaml")
-        task = make_task(model, device)
-        if info.enabled:
-            torch.manual_seed(config.seed + info.rank)  # distinct dropout masks per rank
-        trainer = Trainer(config, task, train_loader, val_loader, config.model.num_classes, device, console, info)
-        metrics = trainer.fit(resume=resume)
-        summary = finish_summary(config, model, metrics, val_set, device, write=info.is_main)
-        barrier(info)
-        return summary
-    except Exception as exc:
-        if info.enabled and is_collective_failure(exc):
-            raise lost_peer_error(info, exc) from exc
-        raise
-    finally:
-        shutdown()
+        return model.to(device)
+
+    def trainer(
+        self,
+        task: nn.Module,
+        train_loader: DataLoader,
+        val_loader: DataLoader,
+        device: torch.device,
+        console: Console,
+        info: DistInfo,
+    ) -> Trainer:
+        config = self.config
+        return Trainer(config, task, train_loader, val_loader, config.model.num_classes, device, console, info)
+
+    def summary(self, model: nn.Module, metrics: dict, val: Dataset, device: torch.device) -> dict:
+        return finish_summary(self.config, model, metrics, val, device, write=False)
+
+
+def _run(config: Config, resume: bool, console: Console | None, make_task: MakeTask) -> dict:
+    """Plain training and distillation: the segmentation job, single- or multi-process."""
+    return run_job(SegmentationJob(config), make_task, resume, console)
 
 
 def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
@@ -77,11 +94,7 @@ def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     the activation of timm's ``BatchNormAct2d``); on CPU, where torch has none,
     :func:`~segdistill.models.sync_bn.convert_all_reduce_batchnorm`."""
     if device.type == "cuda":
-        from timm.layers import convert_sync_batchnorm
-
         return convert_sync_batchnorm(model)
-    from ..models.sync_bn import convert_all_reduce_batchnorm
-
     return convert_all_reduce_batchnorm(model)
 
 
@@ -104,6 +117,41 @@ def finish_summary(
     return summary
 
 
+def evaluation_loader(config: Config, split: str | None = None, console: Console | None = None) -> DataLoader:
+    """Evaluation batches of ``split`` (default: the val split) of ``config.data``, unaugmented, in
+    file order; the dataset is prepared first (the synthetic one generates itself) and the models'
+    class counts are checked against it."""
+    console = console or Console(stderr=True)
+    prepare_dataset(config.data.dataset, config.data.root, console.print)
+    dataset = build_dataset(config.data.dataset, config.data.root, split or config.data.val_split)
+    check_class_count(config)
+    return DataLoader(
+        dataset, batch_size=config.eval.batch_size, num_workers=config.data.workers, collate_fn=collate_eval
+    )
+
+
+def evaluate_model(
+    config: Config,
+    model: nn.Module,
+    loader: DataLoader,
+    on_prediction: Callable[[list[str], torch.Tensor], None] | None = None,
+) -> dict:
+    """``model`` (student or teacher, moved to ``train.device``) on ``loader`` under ``config.eval``'s
+    protocol, in the precision of evaluation during training (``train.amp``): the metrics of
+    :func:`~segdistill.engine.evaluator.evaluate` plus ``seconds`` and ``images``. The one
+    evaluation of ``eval``, ``bench`` (the teacher) and ``quickstart`` (the teacher)."""
+    device = resolve_device(config.train.device)
+    model.to(device)
+    start = time.perf_counter()
+    with autocast_context(device, config.train.amp):
+        metrics = evaluate(
+            model, loader, config.model.num_classes, device, on_prediction=on_prediction, **protocol(config)
+        )
+    metrics["seconds"] = time.perf_counter() - start
+    metrics["images"] = len(loader.dataset)
+    return metrics
+
+
 def run_eval(
     config: Config,
     checkpoint: str,
@@ -120,27 +168,11 @@ def run_eval(
     ``cityscapesscripts`` evaluation and the test server read; ``trainid`` writes the train ids as
     ``<name>.png``. The folder appears only when every image is written (it is filled as
     ``<folder>.partial`` first)."""
-    from ..data.datasets import build_dataset
-    from .builders import check_class_count, dataset_name, ensure_synthetic
-
-    console = console or Console(stderr=True)
-    device = resolve_device(config.train.device)
-    if config.data.dataset == "synthetic":
-        ensure_synthetic(config.data.root, console)
-    dataset = build_dataset(dataset_name(config.data), config.data.root, split or config.data.val_split)
-    check_class_count(config)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=config.eval.batch_size, num_workers=config.data.workers, collate_fn=collate_eval
-    )
+    loader = evaluation_loader(config, split, console)
     model = build_model(config.model)
     load_weights(model, checkpoint)
-    model.to(device)
     writer = PredictionWriter(predictions, prediction_format) if predictions else None
-    start = time.perf_counter()
-    with autocast_context(device, config.train.amp):  # the same precision as evaluation during training
-        metrics = evaluate(model, loader, config.model.num_classes, device, on_prediction=writer, **protocol(config))
-    metrics["seconds"] = time.perf_counter() - start
-    metrics["images"] = len(dataset)
+    metrics = evaluate_model(config, model, loader, on_prediction=writer)
     if writer is not None:
         writer.finish()
         metrics["predictions"] = str(writer.folder)
@@ -153,11 +185,6 @@ class PredictionWriter:
     FORMATS = ("cityscapes", "trainid")
 
     def __init__(self, folder: str, fmt: str) -> None:
-        import shutil
-
-        from ..data.labels import train_id_to_id_lut
-        from ..errors import UserError
-
         if fmt not in self.FORMATS:
             raise UserError(f"unknown prediction format {fmt!r}; use one of {', '.join(self.FORMATS)}")
         self.folder = Path(folder)
@@ -170,9 +197,6 @@ class PredictionWriter:
         self.lut = train_id_to_id_lut() if fmt == "cityscapes" else None
 
     def __call__(self, names: list[str], predictions: torch.Tensor) -> None:
-        import numpy as np
-        from PIL import Image
-
         for name, prediction in zip(names, predictions.cpu().numpy().astype(np.uint8)):
             if self.lut is not None:
                 Image.fromarray(self.lut[prediction]).save(self.partial / f"{name}_pred_labelIds.png")
@@ -198,8 +222,6 @@ def _default_taps(model: nn.Module) -> dict[str, str]:
 
 def _probe(model: nn.Module, taps: dict[str, str], size: tuple[int, int], side: str) -> dict[str, int]:
     """Channels of each tap; an auxiliary head (which runs only in training) runs for the probe."""
-    from ..distill import probe_channels
-
     had = getattr(model, "aux_in_eval", None)
     if had is not None:
         model.aux_in_eval = True
@@ -214,9 +236,6 @@ def build_distiller(config: Config, student: nn.Module, teacher: nn.Module, devi
     """The Distiller for ``config.distill``: taps (default: our segmentors' features after the head's
     dropout, as the release taps them, and the classifier),
     channel counts probed with one forward pass, the listed methods with their weights."""
-    from ..distill import Distiller
-    from ..distill.methods import MethodContext, build_methods
-
     cfg = config.distill
     assert cfg is not None
     student_taps = cfg.student_taps or _default_taps(student)
@@ -239,8 +258,6 @@ def run_distill(config: Config, resume: bool = False, console: Console | None = 
     """Train ``config.model`` (the student) with ``config.teacher`` and ``config.distill.methods``.
 
     Same outputs as :func:`run_train`. With ``methods: []`` it is a plain training run."""
-    from ..errors import UserError
-
     console = console or Console(stderr=True)
     if config.teacher is None:
         raise UserError("config has no 'teacher' section: a distillation needs a teacher")

@@ -11,6 +11,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from ..base.labels import IGNORE_INDEX
 from ..base.outputs import output_logits
 from ..base.step import OwnStep, StepOutput, segmentation_losses, split_param_groups
 
@@ -94,7 +95,7 @@ def train_step(task: Task, out: StepOutput, optimizer: torch.optim.Optimizer) ->
 class SupervisedTask(nn.Module):
     """Plain training: cross-entropy (ignore 255) + ``aux_weight`` x auxiliary cross-entropy."""
 
-    def __init__(self, model: nn.Module, aux_weight: float = 0.4, ignore_index: int = 255) -> None:
+    def __init__(self, model: nn.Module, aux_weight: float = 0.4, ignore_index: int = IGNORE_INDEX) -> None:
         super().__init__()
         self.student = model
         self.aux_weight = aux_weight

@@ -5,14 +5,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import random
 import time
 from collections.abc import Callable, Iterator
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..config import Config, config_to_dict
@@ -27,39 +26,8 @@ from .distributed import (
     gather_objects,
 )
 from .evaluator import evaluate, protocol
+from .runtime import autocast_context, rng_state, set_rng_state
 from .task import OwnStep, StepOutput, Task, optimizer_steps, own_step_is_active
-
-
-def seed_everything(seed: int, deterministic: bool = True) -> None:
-    """Seed Python, NumPy and torch; on request make torch choose deterministic kernels."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"train.device is {name!r} but no CUDA device is available; use device=cpu or auto")
-    return device
-
-
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast_context(device: torch.device, amp: str):
-    """``torch.autocast`` for ``amp`` in {"none", "bf16", "fp16"} (fp16 only on CUDA)."""
-    if amp not in AMP_DTYPES:
-        raise UserError(f"train.amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
-    if amp == "fp16" and device.type != "cuda":
-        raise UserError("train.amp=fp16 needs a CUDA device (use bf16 on CPU)")
-    dtype = AMP_DTYPES[amp]
-    return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def poly_lr(base_lr: float, step: int, total: int, power: float) -> float:
@@ -87,45 +55,6 @@ def with_warmup(schedule: Schedule, warmup_iters: int, factor: float) -> Schedul
         return value
 
     return lr
-
-
-def rng_state() -> dict:
-    """Every random generator the main process draws from, as tensors and plain values
-    (loadable with ``weights_only=True``)."""
-    numpy_state = np.random.get_state(legacy=False)
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": {
-            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
-            "pos": int(numpy_state["state"]["pos"]),
-            "has_gauss": int(numpy_state["has_gauss"]),
-            "gauss": float(numpy_state["gauss"]),
-        },
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(_as_tuples(state["python"]))
-    n = state["numpy"]
-    np.random.set_state(
-        {
-            "bit_generator": "MT19937",
-            "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
-            "has_gauss": n["has_gauss"],
-            "gauss": n["gauss"],
-        }
-    )
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuples(value):
-    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 # Config keys that may change between a run and its resume (they do not change what is trained).
@@ -207,7 +136,7 @@ class Trainer:
         if cfg.nonfinite not in ("stop", "skip"):
             raise UserError(f"train.nonfinite must be 'stop' or 'skip', got {cfg.nonfinite!r}")
         self.step = 0
-        self.best_miou = -1.0
+        self.best_score = -1.0  # the best value of score_key so far (mIoU, or box AP for detectors)
         self.epoch = 0
         self.batch_in_epoch = 0  # batches of the current epoch already trained on
         self.skipped = 0  # batches skipped for a non-finite loss (train.nonfinite=skip)
@@ -223,8 +152,6 @@ class Trainer:
         # gradients are averaged over ranks by hand; the student's by DDP.
         self._loss_params = [p for g in self.optimizer.param_groups for p in g["params"] if id(p) not in student_ids]
         if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
             ids = [device.index] if device.type == "cuda" else None
             self.task.student = DistributedDataParallel(self.model, device_ids=ids)
 
@@ -239,7 +166,7 @@ class Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
-            "best_miou": self.best_miou,
+            "best_score": self.best_score,
             "skipped": self.skipped,
             "train_seconds": self.trained_seconds + (time.perf_counter() - self._start if self._start else 0.0),
             # per rank: [rank 0's, rank 1's, ...] (one entry without DDP)
@@ -265,7 +192,7 @@ class Trainer:
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
-        self.best_miou = float(state["best_miou"])
+        self.best_score = float(state["best_score"] if "best_score" in state else state["best_miou"])  # older name
         self.skipped = int(state["skipped"])
         self.trained_seconds = float(state["train_seconds"])
         if len(state["rng"]) != self.dist.world_size:
@@ -529,10 +456,10 @@ class Trainer:
             self._log({"step": self.step, "eval": metrics})
             if self.dist.is_main:
                 self.console.print(f"step {self.step}: val {self.describe(metrics)}")
-        miou = metrics.get(self.score_key, -1.0)
-        is_best = not math.isnan(miou) and miou > self.best_miou
+        score = metrics.get(self.score_key, -1.0)
+        is_best = not math.isnan(score) and score > self.best_score
         if is_best:
-            self.best_miou = miou
+            self.best_score = score
         self._save(best=is_best)
         return metrics
 

@@ -10,7 +10,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..base.labels import IGNORE_INDEX
 from ..data.labels import PALETTE
+from ..distill.common import resize_labels
+from ..distill.taps import TapRecorder
 
 
 def _plt():
@@ -64,9 +67,6 @@ def per_class_bars(rows: dict[str, dict], names: list[str], path: Path) -> None:
 def pixel_features(model: nn.Module, tap: str, images: torch.Tensor, labels: torch.Tensor, per_class: int, seed: int):
     """Features of module ``tap`` at labelled pixels (labels resized nearest to the feature grid),
     at most ``per_class`` pixels of each class: ``(N x C features, N labels)``."""
-    import torch.nn.functional as F
-
-    from ..distill.taps import TapRecorder
 
     recorder = TapRecorder(model, {"f": tap}, "model")
     was_training = model.training
@@ -77,13 +77,13 @@ def pixel_features(model: nn.Module, tap: str, images: torch.Tensor, labels: tor
     finally:
         recorder.remove()
         model.train(was_training)
-    small = F.interpolate(labels[:, None].float(), size=feat.shape[-2:], mode="nearest")[:, 0].long()
+    small = resize_labels(labels, tuple(feat.shape[-2:]))
     feats = feat.permute(0, 2, 3, 1).reshape(-1, feat.shape[1])
     classes = small.reshape(-1)
     rng = np.random.default_rng(seed)
     chosen = []
     for c in classes.unique().tolist():
-        if c == 255:
+        if c == IGNORE_INDEX:
             continue
         index = (classes == c).nonzero()[:, 0].numpy()
         chosen.extend(rng.choice(index, size=min(per_class, len(index)), replace=False).tolist())

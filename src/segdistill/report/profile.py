@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import statistics
+import time
+
 import torch
 from torch import nn
 
@@ -14,9 +17,6 @@ def latency_ms(
     model: nn.Module, input_size: tuple[int, int], device: torch.device | str = "cpu", runs: int = 10
 ) -> float:
     """Median milliseconds of one eval-mode forward pass on a ``1 x 3 x H x W`` input (after a warm-up)."""
-    import statistics
-    import time
-
     device = torch.device(device)
     was_training = model.training
     model.eval()
