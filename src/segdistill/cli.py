@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .base.method_options import BENCH_METHODS
+from .base.schema import fields_of
 from .errors import UserError
 
 RESUME_HELP = "continue from the newest intact checkpoint in runs/<name>/checkpoints (start if there is none)"
@@ -44,15 +45,7 @@ def cmd_synth(args: argparse.Namespace, console: Console) -> int:
     from .data.synthetic import generate_dataset
 
     start = time.perf_counter()
-    counts = generate_dataset(
-        args.out,
-        train=args.train,
-        val=args.val,
-        seed=args.seed,
-        height=args.height,
-        width=args.width,
-        workers=args.workers,
-    )
+    counts = generate_dataset(args.out, **fields_of(args, ("train", "val", "seed", "height", "width", "workers")))
     seconds = time.perf_counter() - start
     console.print(f"wrote {counts['train']} train and {counts['val']} val scenes to {args.out} in {seconds:.1f} s")
     if args.coco:

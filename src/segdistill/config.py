@@ -136,20 +136,27 @@ class DistillConfig:
 
 
 @dataclass
-class Config:
+class RunConfig:
+    """The keys that name a run (its folder ``<out_dir>/<name>``) and seed it; every job's root schema
+    starts with them."""
+
     name: str = setting("run", NonEmptyText())
     seed: int = setting(0, AtLeast(0))
     out_dir: str = setting("runs", NonEmptyText())
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+@dataclass
+class Config(RunConfig):
     data: DataConfig = setting(factory=DataConfig)
     model: ModelConfig = setting(factory=ModelConfig)
     train: TrainConfig = setting(factory=TrainConfig)
     eval: EvalConfig = setting(factory=EvalConfig)
     teacher: ModelConfig | None = None  # the same schema as model:
     distill: DistillConfig | None = None
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.out_dir) / self.name
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), schema: type = Config) -> Any:

@@ -30,6 +30,11 @@ def closest(name: str, options: Iterable[str], n: int = 1, cutoff: float = 0.6) 
     return difflib.get_close_matches(name, list(options), n=n, cutoff=cutoff)
 
 
+def fields_of(source: Any, names: Iterable[str]) -> dict[str, Any]:
+    """``{name: source.<name>}`` for each of ``names``: a config section's values as keyword arguments."""
+    return {name: getattr(source, name) for name in names}
+
+
 def did_you_mean(name: str, options: Iterable[str], cutoff: float = 0.6) -> str:
     """`` (did you mean 'x'?)`` for the closest of ``options``, or ``''``."""
     match = closest(name, options, cutoff=cutoff)

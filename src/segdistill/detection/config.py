@@ -26,7 +26,7 @@ from ..base.schema import (
     build_section,
     setting,
 )
-from ..config import TrainConfig, load_config
+from ..config import RunConfig, TrainConfig, load_config
 from ..errors import UserError
 from .apd import TARGETS
 from .models import ARCHS, BACKBONES, NORMS
@@ -120,19 +120,13 @@ class DetectionDistillConfig:
 
 
 @dataclass
-class DetectionConfig:
+class DetectionConfig(RunConfig):
     name: str = setting("detect", NonEmptyText())
-    seed: int = setting(0, AtLeast(0))
-    out_dir: str = setting("runs", NonEmptyText())
     data: DetectionDataConfig = setting(factory=DetectionDataConfig)
     model: DetectorConfig = setting(factory=DetectorConfig)
     train: DetectionTrainConfig = setting(factory=DetectionTrainConfig)
     teacher: DetectorConfig | None = None
     distill: DetectionDistillConfig | None = None
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.out_dir) / self.name
 
 
 def load_detection_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> DetectionConfig:

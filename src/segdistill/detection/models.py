@@ -27,7 +27,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from ..base.schema import closest
+from ..base.schema import closest, fields_of
 from ..errors import UserError
 
 ARCHS = {"faster_rcnn": FasterRCNN, "mask_rcnn": MaskRCNN}
@@ -147,17 +147,10 @@ def fpn_shapes(
     return {name: tuple(f.shape[1:]) for name, f in features.items()}
 
 
+# The DetectorConfig keys that build_detector takes as keyword arguments, under the same names.
+DETECTOR_OPTIONS = ("fpn_channels", "norm", "min_size", "max_size", "anchor_sizes", "representation_size", "options")
+
+
 def detector_from_config(cfg: Any, num_classes: int) -> nn.Module:
     """:func:`build_detector` from a detection model config section (``DetectorConfig``)."""
-    return build_detector(
-        cfg.arch,
-        cfg.backbone,
-        num_classes,
-        fpn_channels=cfg.fpn_channels,
-        norm=cfg.norm,
-        min_size=cfg.min_size,
-        max_size=cfg.max_size,
-        anchor_sizes=cfg.anchor_sizes,
-        representation_size=cfg.representation_size,
-        options=cfg.options,
-    )
+    return build_detector(cfg.arch, cfg.backbone, num_classes, **fields_of(cfg, DETECTOR_OPTIONS))

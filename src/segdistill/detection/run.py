@@ -18,7 +18,7 @@ from ..data.sampling import EpochBatchSampler, SeededSamples
 from ..engine.builders import load_weights
 from ..engine.checkpoint import prepare_run_dir, sha256
 from ..engine.distributed import DistInfo
-from ..engine.job import run_job
+from ..engine.job import Loaders, Process, run_job
 from ..engine.runtime import resolve_device
 from ..engine.trainer import Trainer, poly_schedule, with_warmup
 from ..errors import UserError
@@ -157,38 +157,21 @@ class DetectionJob:
         self.num_classes = num_classes_of(self.config, train)
         return train, val
 
-    def loaders(self, train: CocoDetection, val: CocoDetection, info: DistInfo) -> tuple[DataLoader, DataLoader]:
+    def loaders(self, train: CocoDetection, val: CocoDetection, info: DistInfo) -> Loaders:
         return build_detection_loaders(self.config, train, val)
 
-    def student(self, device: torch.device, info: DistInfo) -> nn.Module:
+    def student(self, process: Process) -> nn.Module:
         assert self.num_classes is not None
-        return detector_with_weights(self.config.model, self.num_classes).to(device)
+        return detector_with_weights(self.config.model, self.num_classes).to(process.device)
 
-    def trainer(
-        self,
-        task: nn.Module,
-        train_loader: DataLoader,
-        val_loader: DataLoader,
-        device: torch.device,
-        console: Console,
-        info: DistInfo,
-    ) -> DetectionTrainer:
-        config, val = self.config, val_loader.dataset
-        train = config.train
+    def trainer(self, task: nn.Module, loaders: Loaders, process: Process) -> DetectionTrainer:
+        train, val = self.config.train, loaders[1].dataset
         schedule = with_warmup(
             poly_schedule(train.lr, train.iters, train.poly_power), train.warmup_iters, train.warmup_factor
         )
+        gt = {"gt_data": val.data, "category_ids": val.category_ids}
         return DetectionTrainer(
-            config,
-            task,
-            train_loader,
-            val_loader,
-            self.num_classes,
-            device,
-            console,
-            gt_data=val.data,
-            category_ids=val.category_ids,
-            schedule=schedule,
+            self.config, task, *loaders, self.num_classes, process.device, process.console, schedule=schedule, **gt
         )
 
     def summary(self, model: nn.Module, metrics: dict, val: CocoDetection, device: torch.device) -> dict:

@@ -27,6 +27,7 @@ from ..base.method_options import (
     check_method,
     method_options,
 )
+from ..base.schema import fields_of
 from ..errors import UserError
 from .adversarial import AdversarialLoss
 from .apd import APDLoss
@@ -64,12 +65,8 @@ def build_apd(ctx: MethodContext, opts: APDOptions) -> Built:
             ctx.num_classes,
             ctx.student_channels["feat"],
             ctx.teacher_channels["feat"],
-            adapter=opts.adapter,
-            adapter_channels=opts.adapter_channels,
-            scale=opts.scale,
             ignore_index=ctx.ignore_index,
-            scope=opts.scope,
-            teacher_adapter_lr=opts.teacher_adapter_lr,
+            **fields_of(opts, ("adapter", "adapter_channels", "scale", "scope", "teacher_adapter_lr")),
         )
     }
     weights = {"apd": 10.0}
@@ -166,17 +163,14 @@ def build_cirkd(ctx: MethodContext, opts: CIRKDOptions) -> Built:
     losses["cirkd_mb"] = CIRKDMiniBatchLoss(opts.temperature, opts.pool)
     weights["cirkd_mb"] = 1.0
     if opts.memory:
+        memory = ("pixel_memory", "region_memory", "pixel_contrast", "region_contrast", "pixels_per_image")
         losses["cirkd_mem"] = CIRKDMemoryLoss(
             ctx.num_classes,
             ctx.student_channels["feat"],
             ctx.teacher_channels["feat"],
-            pixel_memory=opts.pixel_memory,
-            region_memory=opts.region_memory,
-            pixel_contrast=opts.pixel_contrast,
-            region_contrast=opts.region_contrast,
-            pixels_per_image=opts.pixels_per_image,
             temperature=opts.temperature,
             ignore_index=ctx.ignore_index,
+            **fields_of(opts, memory),
         )
         weights.update({"cirkd_pix": 0.1, "cirkd_reg": 0.1})
     return losses, weights

@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..assets import load_shipped
+from ..base.schema import fields_of
 from ..config import Config, ModelConfig
 from ..data.datasets import build_dataset, class_names, prepare_dataset
 from ..data.sampling import EpochBatchSampler, SeededSamples
@@ -74,20 +75,22 @@ def build_loaders(
     return train_loader, val_loader
 
 
+# The ModelConfig keys that build_segmentor takes as keyword arguments, under the same names.
+SEGMENTOR_OPTIONS = (
+    "output_stride",
+    "pretrained",
+    "head_channels",
+    "ppm_channels",
+    "aux",
+    "dropout",
+    "backbone_kwargs",
+)
+
+
 def build_model(cfg: ModelConfig, num_classes: int | None = None) -> nn.Module:
     """Build a segmentor from a model (or teacher) section and load ``cfg.weights`` if set."""
-    model = build_segmentor(
-        cfg.head,
-        cfg.backbone,
-        num_classes or cfg.num_classes,
-        output_stride=cfg.output_stride,
-        pretrained=cfg.pretrained,
-        head_channels=cfg.head_channels,
-        ppm_channels=cfg.ppm_channels,
-        aux=cfg.aux,
-        dropout=cfg.dropout,
-        backbone_kwargs=cfg.backbone_kwargs,
-    )
+    options = fields_of(cfg, SEGMENTOR_OPTIONS)
+    model = build_segmentor(cfg.head, cfg.backbone, num_classes or cfg.num_classes, **options)
     if cfg.weights:
         load_weights(model, cfg.weights)
     return model

@@ -9,6 +9,7 @@ multi-process. Segmentation (:class:`~segdistill.engine.run.SegmentationJob`) an
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -24,6 +25,16 @@ from .runtime import seed_everything
 from .trainer import Trainer
 
 MakeTask = Callable[[nn.Module, torch.device], nn.Module]  # (student on its device, device) -> the task
+Loaders = tuple[DataLoader, DataLoader]  # training batches (this rank's shard), the val split
+
+
+@dataclass(frozen=True)
+class Process:
+    """Where this process runs: its rank in the job, its device, its console (quiet off rank 0)."""
+
+    info: DistInfo
+    device: torch.device
+    console: Console
 
 
 class Job(Protocol):
@@ -40,23 +51,15 @@ class Job(Protocol):
         """The train and val splits (rank 0 builds them first: it may generate the data)."""
         ...
 
-    def loaders(self, train: Dataset, val: Dataset, info: DistInfo) -> tuple[DataLoader, DataLoader]:
+    def loaders(self, train: Dataset, val: Dataset, info: DistInfo) -> Loaders:
         """Seeded training batches (this rank's shard) and the val loader."""
         ...
 
-    def student(self, device: torch.device, info: DistInfo) -> nn.Module:
-        """The model to train, on ``device``."""
+    def student(self, process: Process) -> nn.Module:
+        """The model to train, on ``process.device``."""
         ...
 
-    def trainer(
-        self,
-        task: nn.Module,
-        train_loader: DataLoader,
-        val_loader: DataLoader,
-        device: torch.device,
-        console: Console,
-        info: DistInfo,
-    ) -> Trainer:
+    def trainer(self, task: nn.Module, loaders: Loaders, process: Process) -> Trainer:
         """The trainer for ``task`` with this family's schedule and evaluation."""
         ...
 
@@ -76,6 +79,7 @@ def run_job(job: Job, make_task: MakeTask, resume: bool = False, console: Consol
     console = console or Console(stderr=True)
     if not info.is_main:
         console = Console(stderr=True, quiet=True)
+    process = Process(info, device, console)
     try:
         if info.is_main:
             prepare_run_dir(config.run_dir)
@@ -86,14 +90,14 @@ def run_job(job: Job, make_task: MakeTask, resume: bool = False, console: Consol
         barrier(info)
         if not info.is_main:
             train_set, val_set = job.datasets(console)
-        train_loader, val_loader = job.loaders(train_set, val_set, info)
-        model = job.student(device, info)  # built first: the same init as the baseline's in a distillation
+        loaders = job.loaders(train_set, val_set, info)
+        model = job.student(process)  # built first: the same init as the baseline's in a distillation
         if info.is_main:
             save_config(config, config.run_dir / "config.yaml")
         task = make_task(model, device)
         if info.enabled:
             torch.manual_seed(config.seed + info.rank)  # distinct dropout masks per rank
-        trainer = job.trainer(task, train_loader, val_loader, device, console, info)
+        trainer = job.trainer(task, loaders, process)
         metrics = trainer.fit(resume=resume)
         summary = job.summary(model, metrics, val_set, device)
         if info.is_main:

@@ -27,7 +27,7 @@ from .builders import build_datasets, build_loaders, build_model, check_class_co
 from .checkpoint import prepare_run_dir
 from .distributed import DistInfo, init_distributed
 from .evaluator import collate_eval, evaluate, protocol
-from .job import MakeTask, run_job
+from .job import Loaders, MakeTask, Process, run_job
 from .runtime import autocast_context, resolve_device
 from .task import SupervisedTask
 from .trainer import Trainer
@@ -59,26 +59,18 @@ class SegmentationJob:
     def datasets(self, console: Console) -> tuple[Dataset, Dataset]:
         return build_datasets(self.config, console)
 
-    def loaders(self, train: Dataset, val: Dataset, info: DistInfo) -> tuple[DataLoader, DataLoader]:
+    def loaders(self, train: Dataset, val: Dataset, info: DistInfo) -> Loaders:
         return build_loaders(self.config, train, val, rank=info.rank, world_size=info.world_size)
 
-    def student(self, device: torch.device, info: DistInfo) -> nn.Module:
+    def student(self, process: Process) -> nn.Module:
         model = build_model(self.config.model)
-        if info.enabled and self.config.train.sync_bn:
-            model = sync_batchnorm(model, device)
-        return model.to(device)
+        if process.info.enabled and self.config.train.sync_bn:
+            model = sync_batchnorm(model, process.device)
+        return model.to(process.device)
 
-    def trainer(
-        self,
-        task: nn.Module,
-        train_loader: DataLoader,
-        val_loader: DataLoader,
-        device: torch.device,
-        console: Console,
-        info: DistInfo,
-    ) -> Trainer:
-        config = self.config
-        return Trainer(config, task, train_loader, val_loader, config.model.num_classes, device, console, info)
+    def trainer(self, task: nn.Module, loaders: Loaders, process: Process) -> Trainer:
+        num_classes = self.config.model.num_classes
+        return Trainer(self.config, task, *loaders, num_classes, process.device, process.console, process.info)
 
     def summary(self, model: nn.Module, metrics: dict, val: Dataset, device: torch.device) -> dict:
         return finish_summary(self.config, model, metrics, val, device, write=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .canvas import Canvas
@@ -22,6 +24,31 @@ from .street import StreetSide
 from .textures import band, stripes
 
 
+class SideSurface(NamedTuple):
+    """The visible part of a vertical plane parallel to the street, ``x`` metres to the side."""
+
+    top: int
+    left: int
+    mask: np.ndarray  # h x w bool: the pixels the plane covers
+    depth: np.ndarray  # h x w distance along the street (metres)
+    y: np.ndarray  # h x w height above the ground (metres)
+    region: tuple[slice, slice]  # the plane's box in the image
+    footprint_y: np.ndarray  # h x w metres per pixel, vertically
+    footprint_z: np.ndarray  # h x w metres per pixel, along the street
+
+
+def _side_surface(canvas: Canvas, camera: Camera, x: float, z0: float, z1: float, height: float) -> SideSurface | None:
+    """The plane from ``z0`` to ``z1``, ``height`` metres tall; ``None`` when none of it is in view."""
+    plane = canvas.side_plane(camera, x, z0, z1, 0.0, height)
+    if plane is None:
+        return None
+    top, left, mask, depth, y = plane
+    region = (slice(top, top + mask.shape[0]), slice(left, left + mask.shape[1]))
+    footprint_y = depth / camera.focal * np.ones_like(y)
+    footprint_z = depth**2 / (camera.focal * abs(x))
+    return SideSurface(top, left, mask, depth, y, region, footprint_y, footprint_z)
+
+
 def _draw_building(
     canvas: Canvas,
     rng: np.random.Generator,
@@ -32,14 +59,12 @@ def _draw_building(
     height: float,
     light: float,
 ) -> None:
-    plane = canvas.side_plane(camera, x, z0, z1, 0.0, height)
-    if plane is None:
+    surface_plane = _side_surface(canvas, camera, x, z0, z1, height)
+    if surface_plane is None:
         return
-    top, left, mask, depth, y = plane
+    top, left, mask, depth, y, region, footprint_y, footprint_z = surface_plane
     base_colour = pick_colour(rng, BUILDING_COLOURS, 14) * light
     along = depth - z0
-    footprint_z = depth**2 / (camera.focal * abs(x))
-    footprint_y = depth / camera.focal * np.ones_like(y)
     floor_height = float(rng.uniform(2.8, 3.6))
     window_spacing = float(rng.uniform(1.6, 3.4))
     window_width, window_height = float(rng.uniform(0.3, 0.65)), float(rng.uniform(0.35, 0.6))  # of the period
@@ -50,7 +75,6 @@ def _draw_building(
     windows = windows * (y > ground_floor) * (y < height - 0.6)
     dark = rng.random() < 0.7
     window_colour = jitter(rng, (45, 50, 60) if dark else (130, 150, 170), 12) * light
-    region = (slice(top, top + mask.shape[0]), slice(left, left + mask.shape[1]))
     window_variation = 1 + 0.15 * np.clip(canvas.low_noise[region], -1.5, 1.5)
     surface = 1 + rng.uniform(0.02, 0.06) * canvas.grain[region] + rng.uniform(0.0, 0.05) * canvas.low_noise[region]
     colour = base_colour * surface[..., None]
@@ -76,17 +100,14 @@ def _draw_wall(
     canvas: Canvas, rng: np.random.Generator, camera: Camera, x: float, z0: float, z1: float, light: float
 ) -> None:
     height = float(rng.uniform(0.7, 3.0))
-    plane = canvas.side_plane(camera, x, z0, z1, 0.0, height)
-    if plane is None:
+    surface_plane = _side_surface(canvas, camera, x, z0, z1, height)
+    if surface_plane is None:
         return
-    top, left, mask, depth, y = plane
-    region = (slice(top, top + mask.shape[0]), slice(left, left + mask.shape[1]))
+    top, left, mask, depth, y, region, footprint_y, footprint_z = surface_plane
     base_colour = pick_colour(rng, WALL_COLOURS, 14) * light
     colour = (
         base_colour * (1 + rng.uniform(0.03, 0.1) * canvas.grain[region] + 0.06 * canvas.low_noise[region])[..., None]
     )
-    footprint_y = depth / camera.focal * np.ones_like(y)
-    footprint_z = depth**2 / (camera.focal * abs(x))
     if rng.random() < 0.4:  # block courses
         course = float(rng.uniform(0.2, 0.6))
         joints = 1 - (1 - stripes(y, course, 0.12, footprint_y)) * (
@@ -102,14 +123,11 @@ def _draw_fence(
     canvas: Canvas, rng: np.random.Generator, camera: Camera, x: float, z0: float, z1: float, light: float
 ) -> None:
     height = float(rng.uniform(0.9, 2.2))
-    plane = canvas.side_plane(camera, x, z0, z1, 0.0, height)
-    if plane is None:
+    surface_plane = _side_surface(canvas, camera, x, z0, z1, height)
+    if surface_plane is None:
         return
-    top, left, mask, depth, y = plane
-    region = (slice(top, top + mask.shape[0]), slice(left, left + mask.shape[1]))
+    top, left, mask, depth, y, region, footprint_y, footprint_z = surface_plane
     fence_colour = pick_colour(rng, FENCE_COLOURS, 12) * light
-    footprint_y = depth / camera.focal * np.ones_like(y)
-    footprint_z = depth**2 / (camera.focal * abs(x))
     along = depth - z0
     style = rng.integers(4)
     post_spacing = float(rng.uniform(1.8, 3.0))
@@ -140,11 +158,10 @@ def _draw_hedge(
     vegetation_colour: np.ndarray,
 ) -> None:
     height = float(rng.uniform(0.8, 2.2))
-    plane = canvas.side_plane(camera, x, z0, z1, 0.0, height + 0.4)
-    if plane is None:
+    surface_plane = _side_surface(canvas, camera, x, z0, z1, height + 0.4)
+    if surface_plane is None:
         return
-    top, left, mask, depth, y = plane
-    region = (slice(top, top + mask.shape[0]), slice(left, left + mask.shape[1]))
+    top, left, mask, _, y, region, _, _ = surface_plane
     mask = mask & (y < height + 0.3 * canvas.low_noise[region])
     colour = foliage(canvas, region, vegetation_colour * rng.uniform(0.8, 1.1))
     canvas.paint(top, left, mask, VEGETATION, colour)

@@ -18,6 +18,25 @@ def _side_outline(
     return camera.side(side_x, [(z + length * t, y) for t, y in profile])
 
 
+def _mirrored_pair(
+    camera: Camera, z: float, x: float, half: float, inner: float, outer: float, bottom: float, top: float
+) -> list[Points]:
+    """Two rectangles on the near face at depth ``z``, mirrored about ``x``: from ``half - inner`` to
+    ``half - outer`` metres out, ``bottom`` to ``top`` metres high (tyres, lamps)."""
+    return [
+        camera.front(
+            z,
+            [
+                (x + side * (half - inner), bottom),
+                (x + side * (half - outer), bottom),
+                (x + side * (half - outer), top),
+                (x + side * (half - inner), top),
+            ],
+        )
+        for side in (-1, 1)
+    ]
+
+
 def draw_car(canvas: Canvas, rng: np.random.Generator, camera: Camera, x: float, z: float, toward: bool) -> None:
     """A car whose near face is at depth ``z``; ``toward``: oncoming (its front faces the camera)."""
     instance = canvas.new_instance(CAR)
@@ -87,18 +106,7 @@ def draw_car(canvas: Canvas, rng: np.random.Generator, camera: Camera, x: float,
     cab = camera.front(
         z, [(x - half + 0.08, belt), (x + half - 0.08, belt), (x + half - 0.22, height), (x - half + 0.22, height)]
     )
-    tyres = [
-        camera.front(
-            z,
-            [
-                (x + side * (half - 0.08), 0),
-                (x + side * (half - 0.3), 0),
-                (x + side * (half - 0.3), 0.3),
-                (x + side * (half - 0.08), 0.3),
-            ],
-        )
-        for side in (-1, 1)
-    ]
+    tyres = _mirrored_pair(camera, z, x, half, 0.08, 0.3, 0, 0.3)
     canvas.fill_polygons(tyres, CAR, dark, instance, texture=0.03)
     canvas.fill_polygons([lower, cab], CAR, body, instance)
     glass_top = height - 0.07
@@ -114,18 +122,7 @@ def draw_car(canvas: Canvas, rng: np.random.Generator, camera: Camera, x: float,
     )
     canvas.fill_polygons([pane], CAR, glass, instance, texture=0.03)
     lamp = canvas.hazed(jitter(rng, (215, 215, 200), 10) if toward else jitter(rng, (180, 30, 30), 15), z)
-    lamps = [
-        camera.front(
-            z,
-            [
-                (x + side * (half - 0.04), 0.66),
-                (x + side * (half - 0.3), 0.66),
-                (x + side * (half - 0.3), 0.8),
-                (x + side * (half - 0.04), 0.8),
-            ],
-        )
-        for side in (-1, 1)
-    ]
+    lamps = _mirrored_pair(camera, z, x, half, 0.04, 0.3, 0.66, 0.8)
     canvas.fill_polygons(lamps, CAR, lamp, instance, texture=0.03)
     bumper = camera.front(z, [(x - half, 0.22), (x + half, 0.22), (x + half, 0.34), (x - half, 0.34)])
     plate = camera.front(z, [(x - 0.26, 0.4), (x + 0.26, 0.4), (x + 0.26, 0.52), (x - 0.26, 0.52)])
@@ -173,18 +170,7 @@ def _draw_wheels(
     if side_x is not None:
         wheels = [camera.side(side_x, ellipse(axle_z, 0.48, 0.48, vertices=12)) for axle_z in axle_zs]
         canvas.fill_polygons(wheels, label, dark, instance, texture=0.03)
-    tyres = [
-        camera.front(
-            z,
-            [
-                (x + side * (width / 2 - 0.05), 0),
-                (x + side * (width / 2 - 0.4), 0),
-                (x + side * (width / 2 - 0.4), 0.5),
-                (x + side * (width / 2 - 0.05), 0.5),
-            ],
-        )
-        for side in (-1, 1)
-    ]
+    tyres = _mirrored_pair(camera, z, x, width / 2, 0.05, 0.4, 0, 0.5)
     canvas.fill_polygons(tyres, label, dark, instance, texture=0.03)
 
 
