@@ -44,8 +44,23 @@ def test_output_logits_accepts_common_output_types():
     assert output_logits(t) is t
     assert output_logits({"out": t, "aux": t}) is t
     assert output_logits((t, t)) is t
+    assert output_logits({"logits": t}) is t  # a transformers SemanticSegmenterOutput is such a mapping
     with pytest.raises(ValueError):
-        output_logits({"logits": t})
+        output_logits({"scores": t})
+    with pytest.raises(ValueError):
+        output_logits("not an output")
+
+
+def test_split_output_finds_auxiliary_logits_and_skips_image_level_outputs():
+    from segdistill.base.outputs import split_output
+
+    main, aux, labels = torch.zeros(2, 5, 8, 8), torch.ones(2, 5, 8, 8), torch.zeros(2, 5)
+    assert split_output({"out": main, "aux": aux}) == (main, [aux])
+    assert split_output({"logits": main, "auxiliary_logits": aux}) == (main, [aux])
+    got_main, got_aux = split_output((main, labels))  # smp with aux_params: (masks, image-level labels)
+    assert got_main is main and got_aux == []
+    got_main, got_aux = split_output([main, aux, labels])
+    assert got_main is main and len(got_aux) == 1 and got_aux[0] is aux
 
 
 def test_base_size_resizes_the_long_side_first():

@@ -9,7 +9,12 @@ fails here; an intended change must regenerate the file and say so in its commit
 One intended schema change is applied to the stored copies: ``teacher:`` is now a ``ModelConfig``
 like ``model:``, so a resolved teacher also lists ``pretrained`` and ``dropout`` at their defaults
 (false, 0.1: what ``build_model`` used for a teacher before). Fragments under ``_base/`` are not
-recipes; they are part of the recipes that name them as ``base:``."""
+recipes; they are part of the recipes that name them as ``base:``.
+
+A second intended schema change (issue 14): model sections name who builds the model, so a resolved
+``model:`` and ``teacher:`` also list ``source``, ``arch`` and ``kwargs`` at their defaults
+(``segdistill``, null, {}: the only models the recipes could build before). Recipes added after the
+snapshot are stored as they resolve now."""
 
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from segdistill.detection.config import DetectionConfig
 RECIPES = Path(__file__).resolve().parents[1] / "src" / "segdistill" / "configs"
 STORED = json.loads((Path(__file__).parent / "data" / "resolved_recipes.json").read_text())
 TEACHER_DEFAULTS_ADDED = {"pretrained": False, "dropout": 0.1}
+SOURCE_DEFAULTS_ADDED = {"source": "segdistill", "arch": None, "kwargs": {}}
 
 
 def _recipes() -> list[str]:
@@ -32,8 +38,12 @@ def _recipes() -> list[str]:
 
 def _expected(recipe: str) -> dict:
     expected = json.loads(json.dumps(STORED[recipe]))
-    if expected.get("teacher") is not None and "/detection/" not in recipe:
-        expected["teacher"] = {**TEACHER_DEFAULTS_ADDED, **expected["teacher"]}
+    if "/detection/" in recipe or expected.get("_added_after_snapshot"):
+        expected.pop("_added_after_snapshot", None)
+        return expected
+    if expected.get("teacher") is not None:
+        expected["teacher"] = {**TEACHER_DEFAULTS_ADDED, **SOURCE_DEFAULTS_ADDED, **expected["teacher"]}
+    expected["model"] = {**SOURCE_DEFAULTS_ADDED, **expected["model"]}
     return expected
 
 

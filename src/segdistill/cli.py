@@ -174,6 +174,20 @@ def cmd_profile(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_taps(args: argparse.Namespace, console: Console) -> int:
+    from .config import load_config
+    from .report.taps import print_taps
+
+    config = load_config(args.config, args.overrides)
+    report = print_taps(
+        config, Console(width=args.width) if args.width else console, tuple(args.size) if args.size else None,
+        tapped_only=args.tapped,
+    )  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace, console: Console) -> int:
     from .predict import predict_images
 
@@ -314,6 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--runs", type=int, default=10, help="timed forward passes (median)")
     prof.add_argument("--json", help="also write the figures to this JSON file")
     prof.set_defaults(func=cmd_profile)
+
+    taps = sub.add_parser("taps", help="every module of the teacher and student with its shapes; default taps marked")
+    taps.add_argument("config")
+    taps.add_argument("overrides", nargs="*")
+    taps.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="probe input size (default: the crop size)")
+    taps.add_argument("--tapped", action="store_true", help="list only the tapped modules")
+    taps.add_argument("--width", type=int, help="table width in characters (default: the terminal's)")
+    taps.add_argument("--json", help="also write the modules and default taps to this JSON file")
+    taps.set_defaults(func=cmd_taps)
 
     pred = sub.add_parser("predict", help="colourised masks and overlays for images")
     pred.add_argument("checkpoint", help="a segdistill training checkpoint (.pt)")

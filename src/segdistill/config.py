@@ -28,13 +28,14 @@ from .base.schema import (
     Positive,
     Probability,
     ValuesOf,
+    apply_overrides,
     build_section,
-    parse_override,
     read_recipe,
-    set_path,
     setting,
 )
 from .data.datasets import DATASETS
+from .errors import UserError
+from .models.sources import SOURCES
 
 AMP_MODES = ("none", "bf16", "fp16")
 NONFINITE_POLICIES = ("stop", "skip")
@@ -63,8 +64,17 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """A segmentation model: the student (``model:``) or the teacher (``teacher:``), one schema."""
+    """A segmentation model: the student (``model:``) or the teacher (``teacher:``), one schema.
 
+    ``source`` says who builds it (:mod:`segdistill.models.sources`): ``segdistill`` (``head`` on a timm
+    ``backbone``, the keys from ``head`` to ``backbone_kwargs``), or another library's model named by
+    ``arch`` with its keyword arguments in ``kwargs``: a ``torchvision`` segmentation builder, an
+    ``smp`` architecture, an ``hf`` transformers class (or ``pretrained``: a save_pretrained folder),
+    a ``python`` callable ``package.module:callable``. ``num_classes`` and ``weights`` apply to all."""
+
+    source: str = setting("segdistill", OneOf(SOURCES))
+    arch: str | None = setting(None, NonEmptyText())  # the builder / architecture / class / callable
+    kwargs: dict[str, Any] = setting(factory=dict)  # its keyword arguments (transformers: config keys)
     head: str = setting("pspnet", NonEmptyText())
     backbone: str = setting("resnet18d", NonEmptyText())
     num_classes: int = setting(19, Positive())
@@ -76,6 +86,42 @@ class ModelConfig:
     dropout: float = setting(0.1, Between(0.0, 1.0, open_high=True))
     backbone_kwargs: dict[str, Any] = setting(factory=dict)  # extra timm.create_model arguments
     weights: str | None = None  # initial weights: a checkpoint/.safetensors path, or "shipped:<name>"
+
+    def validate(self, prefix: str) -> None:
+        """The keys of one source only: ``arch``/``kwargs`` name another library's model; the
+        segdistill keys (``head`` ... ``backbone_kwargs``) stay at their defaults for other sources."""
+        if self.source == "segdistill":
+            for name in ("arch", "kwargs"):
+                if getattr(self, name):
+                    raise UserError(
+                        f"config key {prefix}{name!r} applies to the sources {', '.join(SOURCES[1:])}; "
+                        f"set {prefix}source or remove it (source segdistill uses {prefix}head and {prefix}backbone)"
+                    )
+            return
+        if not self.arch and not (self.source == "hf" and isinstance(self.pretrained, str)):
+            what = ARCH_HELP[self.source]
+            raise UserError(f"config key {prefix}arch is required with {prefix}source={self.source} ({what})")
+        defaults = ModelConfig()
+        for name in SEGDISTILL_ONLY:
+            if getattr(self, name) != getattr(defaults, name):
+                raise UserError(
+                    f"config key {prefix}{name!r} applies only to {prefix}source=segdistill; for "
+                    f"source {self.source} put the library's arguments in {prefix}kwargs"
+                )
+        if self.pretrained is not False and self.source != "hf":
+            raise UserError(
+                f"config key {prefix}pretrained applies to sources segdistill (timm weights) and hf (a folder or "
+                f"hub id); for source {self.source} ask the library for weights in {prefix}kwargs"
+            )
+
+
+SEGDISTILL_ONLY = ("head", "backbone", "output_stride", "head_channels", "ppm_channels", "aux", "dropout", "backbone_kwargs")
+ARCH_HELP = {
+    "torchvision": "a torchvision.models.segmentation builder, e.g. deeplabv3_resnet101",
+    "smp": "a segmentation_models_pytorch architecture, e.g. Unet",
+    "hf": "a transformers class, e.g. SegformerForSemanticSegmentation, or pretrained: a save_pretrained folder",
+    "python": "package.module:callable returning an nn.Module",
+}
 
 
 @dataclass
@@ -165,9 +211,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
 
     ``schema``: the root dataclass (``Config`` for segmentation; detection passes its own)."""
     values = read_recipe(path) if path is not None else {}
-    for text in overrides:
-        keys, value = parse_override(text)
-        set_path(values, keys, value)
+    apply_overrides(values, overrides)
     return build_section(schema, values, "")
 
 

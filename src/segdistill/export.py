@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .engine.checkpoint import load_checkpoint, sha256
-from .engine.inference import output_logits
+from .engine.inference import forward_logits
 from .errors import UserError
 from .predict import model_from_checkpoint
 
@@ -69,14 +69,15 @@ def export_safetensors(
 
 
 class _LogitsOnly(nn.Module):
-    """The segmentor's main logits as the single output (``B x K x H x W``)."""
+    """The model's main logits as the single output, at the input size (``B x K x H x W``; a model
+    whose logits are coarser, e.g. SegFormer's 1/4, is upsampled bilinearly as in evaluation)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return output_logits(self.model(image))
+        return forward_logits(self.model, image)
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, size: tuple[int, int] | None = None) -> dict:

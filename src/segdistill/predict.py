@@ -32,7 +32,10 @@ def model_from_checkpoint(checkpoint: str | Path) -> tuple[torch.nn.Module, dict
     state = load_checkpoint(checkpoint)
     if "model" not in state or "config" not in state:
         raise UserError(f"{checkpoint} is not a segdistill training checkpoint (no 'model'/'config' entry)")
-    cfg = build_section(ModelConfig, {**state["config"]["model"], "weights": None, "pretrained": False}, "model.")
+    saved = dict(state["config"]["model"])
+    if saved.get("source", "segdistill") == "segdistill":
+        saved["pretrained"] = False  # the checkpoint holds every weight; no timm download
+    cfg = build_section(ModelConfig, {**saved, "weights": None}, "model.")
     model = build_model(cfg)
     model.load_state_dict(state["model"])
     return model.eval(), state["config"]

@@ -427,11 +427,38 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return loaded or {}
 
 
+# A model section names who builds it with ``source``; the keys of one source (a timm backbone, a
+# torchvision builder's arguments) mean nothing to another, so a section given another source starts
+# afresh from these keys of the section it replaces.
+SOURCE_KEY = "source"
+KEPT_ACROSS_SOURCES = ("num_classes",)
+
+
+def switches_source(base: Any, update: Any) -> bool:
+    """Whether mapping ``update`` gives a model section another ``source`` than mapping ``base``
+    (a section without the key has the default source, ``segdistill``)."""
+    return (
+        isinstance(base, dict)
+        and isinstance(update, dict)
+        and SOURCE_KEY in update
+        and update[SOURCE_KEY] != base.get(SOURCE_KEY, "segdistill")
+    )
+
+
+def fresh_section(base: dict[str, Any]) -> dict[str, Any]:
+    """What a section keeps when it switches source: :data:`KEPT_ACROSS_SOURCES`."""
+    return {k: base[k] for k in KEPT_ACROSS_SOURCES if k in base}
+
+
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """``update`` over ``base``: mappings merge key by key (recursively); any other value replaces."""
+    """``update`` over ``base``: mappings merge key by key (recursively); any other value replaces.
+    A mapping that gives another ``source`` than the one it updates replaces it, keeping only
+    :data:`KEPT_ACROSS_SOURCES` (:func:`switches_source`)."""
     merged = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if switches_source(merged.get(key), value):
+            merged[key] = deep_merge(fresh_section(merged[key]), value)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
@@ -468,6 +495,22 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value
+
+
+def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> None:
+    """``key=value`` overrides over ``values``, in order; a ``<section>.source=`` override that
+    switches the source is applied first and starts the section afresh (:func:`fresh_section`),
+    so ``model.source=torchvision model.arch=...`` works in any order."""
+    parsed = [parse_override(text) for text in overrides]
+    for keys, value in parsed:
+        if keys[-1] == SOURCE_KEY:
+            parent = values
+            for part in keys[:-1]:
+                parent = parent.get(part) if isinstance(parent, dict) else None
+            if switches_source(parent, {SOURCE_KEY: value}):
+                set_path(values, keys[:-1], fresh_section(parent))
+    for keys, value in parsed:
+        set_path(values, keys, value)
 
 
 def set_path(values: dict[str, Any], path: list[str], value: Any) -> None:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .labels import IGNORE_INDEX
-from .outputs import output_logits
+from .outputs import split_output
 
 
 @dataclass
@@ -35,10 +35,11 @@ class OwnStep(NamedTuple):
 def segmentation_losses(
     output: object, labels: torch.Tensor, aux_weight: float, ignore_index: int = IGNORE_INDEX
 ) -> dict[str, torch.Tensor]:
-    """Cross-entropy on the main logits (+ ``aux_weight`` x the auxiliary logits when present).
-
-    Logits are upsampled to the label size when needed (bilinear)."""
-    logits = output_logits(output)
+    """Cross-entropy on the main logits (+ ``aux_weight`` x the auxiliary logits when present; several
+    auxiliaries are summed into ``aux_ce``). Any output :func:`~segdistill.base.outputs.split_output`
+    reads; logits on a coarser grid are upsampled to the label size (bilinear, ``align_corners=False``,
+    as the libraries upsample for inference and their own losses)."""
+    logits, auxiliaries = split_output(output)
     size = labels.shape[-2:]
 
     def ce(x: torch.Tensor) -> torch.Tensor:
@@ -47,22 +48,27 @@ def segmentation_losses(
         return F.cross_entropy(x.float(), labels, ignore_index=ignore_index)
 
     terms = {"ce": ce(logits)}
-    if isinstance(output, dict) and output.get("aux") is not None and aux_weight > 0:
-        terms["aux_ce"] = aux_weight * ce(output["aux"])
+    if auxiliaries and aux_weight > 0:
+        terms["aux_ce"] = sum(aux_weight * ce(aux) for aux in auxiliaries)
     return terms
 
 
 def split_param_groups(model: nn.Module, lr: float, head_lr_mult: float) -> list[dict]:
     """Backbone at ``lr``, everything else (heads, new modules) at ``lr * head_lr_mult``.
 
-    Uses ``model.param_groups()`` when the model provides it (ours does); otherwise parameters whose
-    name starts with ``backbone``/``encoder`` count as the backbone (torchvision, smp)."""
+    Uses ``model.param_groups()`` when the model provides it (ours does); otherwise the parameters of
+    the top-level modules named in :func:`backbone_prefixes` count as the backbone (torchvision and
+    transformers ``backbone``, smp ``encoder``, a transformers model's base model, e.g. ``segformer``).
+    A model with none of them trains wholly at ``lr`` (nothing in it is known to be new)."""
     if hasattr(model, "param_groups"):
         backbone, head = model.param_groups()
     else:
+        prefixes = backbone_prefixes(model)
         backbone, head = [], []
         for name, param in model.named_parameters():
-            (backbone if name.split(".")[0] in ("backbone", "encoder") else head).append(param)
+            (backbone if name.split(".")[0] in prefixes else head).append(param)
+        if not backbone:
+            backbone, head = head, []
     groups = [
         {"params": [p for p in backbone if p.requires_grad], "lr": lr, "lr_mult": 1.0, "name": "backbone"},
         {
@@ -73,6 +79,16 @@ def split_param_groups(model: nn.Module, lr: float, head_lr_mult: float) -> list
         },
     ]
     return [g for g in groups if g["params"]]
+
+
+def backbone_prefixes(model: nn.Module) -> set[str]:
+    """Top-level module names that hold a pretrained-style backbone: ``backbone``, ``encoder`` and a
+    transformers model's ``base_model_prefix`` (``segformer``, ``beit``, ``dpt``, ``mobilevit``)."""
+    prefixes = {"backbone", "encoder"}
+    base = getattr(model, "base_model_prefix", None)
+    if isinstance(base, str) and base:
+        prefixes.add(base)
+    return {name for name, _ in model.named_children() if name in prefixes}
 
 
 def distillation_param_groups(

@@ -18,6 +18,7 @@ from ..data.sampling import EpochBatchSampler, SeededSamples
 from ..data.transforms import seed_worker, train_transform
 from ..errors import UserError
 from ..models import build_segmentor
+from ..models.sources import build_hf, build_python, build_smp, build_torchvision, check_segmentation_output
 from .checkpoint import load_model_weights, load_weights_file
 from .evaluator import collate_eval
 
@@ -87,13 +88,32 @@ SEGMENTOR_OPTIONS = (
 )
 
 
-def build_model(cfg: ModelConfig, num_classes: int | None = None) -> nn.Module:
-    """Build a segmentor from a model (or teacher) section and load ``cfg.weights`` if set."""
-    options = fields_of(cfg, SEGMENTOR_OPTIONS)
-    model = build_segmentor(cfg.head, cfg.backbone, num_classes or cfg.num_classes, **options)
+def build_model(
+    cfg: ModelConfig,
+    num_classes: int | None = None,
+    *,
+    key: str = "model",
+    probe_size: tuple[int, int] | None = None,
+) -> nn.Module:
+    """Build the model of a model (or teacher, ``key``) section from its ``source`` and load
+    ``cfg.weights`` if set. With ``probe_size`` (H, W), a model from another library is checked with
+    one forward pass: its output must be per-pixel scores for ``num_classes`` classes."""
+    classes = num_classes or cfg.num_classes
+    if cfg.source == "segdistill":
+        model: nn.Module = build_segmentor(cfg.head, cfg.backbone, classes, **fields_of(cfg, SEGMENTOR_OPTIONS))
+    elif cfg.source == "hf":
+        model = build_hf(cfg.arch, cfg.pretrained, classes, cfg.kwargs, key)
+    else:
+        assert cfg.arch is not None  # ModelConfig.validate
+        model = LIBRARY_BUILDERS[cfg.source](cfg.arch, classes, cfg.kwargs, key)
     if cfg.weights:
         load_weights(model, cfg.weights)
+    if probe_size is not None and cfg.source != "segdistill":
+        check_segmentation_output(model, classes, probe_size, key)
     return model
+
+
+LIBRARY_BUILDERS = {"torchvision": build_torchvision, "smp": build_smp, "python": build_python}
 
 
 def load_weights(model: nn.Module, spec: str) -> None:

@@ -22,6 +22,7 @@ from ..distill import Distiller, probe_channels
 from ..distill.methods import MethodContext, build_methods
 from ..errors import UserError
 from ..models import count_flops, count_parameters
+from ..models.sources import default_taps
 from ..models.sync_bn import convert_all_reduce_batchnorm
 from .builders import build_datasets, build_loaders, build_model, check_class_count, load_weights, write_summary
 from .checkpoint import prepare_run_dir
@@ -63,7 +64,7 @@ class SegmentationJob:
         return build_loaders(self.config, train, val, rank=info.rank, world_size=info.world_size)
 
     def student(self, process: Process) -> nn.Module:
-        model = build_model(self.config.model)
+        model = build_model(self.config.model, probe_size=tuple(self.config.data.crop_size))
         if process.info.enabled and self.config.train.sync_bn:
             model = sync_batchnorm(model, process.device)
         return model.to(process.device)
@@ -161,7 +162,7 @@ def run_eval(
     ``<name>.png``. The folder appears only when every image is written (it is filled as
     ``<folder>.partial`` first)."""
     loader = evaluation_loader(config, split, console)
-    model = build_model(config.model)
+    model = build_model(config.model, probe_size=tuple(config.data.crop_size))
     load_weights(model, checkpoint)
     writer = PredictionWriter(predictions, prediction_format) if predictions else None
     metrics = evaluate_model(config, model, loader, on_prediction=writer)
@@ -199,19 +200,6 @@ class PredictionWriter:
         self.partial.replace(self.folder)
 
 
-# The release taps the PSP output *after* Dropout2d (the student's APD features are dropped out in
-# training; the teacher runs in eval mode, where the dropout is the identity).
-DEFAULT_TAPS = {"feat": "head.dropout", "logits": "head.classifier"}
-AUX_TAP = ("aux_logits", "aux_head.classifier")  # added to the default taps of a model that has an aux head
-
-
-def _default_taps(model: nn.Module) -> dict[str, str]:
-    taps = dict(DEFAULT_TAPS)
-    if getattr(model, "aux_head", None) is not None:
-        taps[AUX_TAP[0]] = AUX_TAP[1]
-    return taps
-
-
 def _probe(model: nn.Module, taps: dict[str, str], size: tuple[int, int], side: str) -> dict[str, int]:
     """Channels of each tap; an auxiliary head (which runs only in training) runs for the probe."""
     had = getattr(model, "aux_in_eval", None)
@@ -225,13 +213,15 @@ def _probe(model: nn.Module, taps: dict[str, str], size: tuple[int, int], side: 
 
 
 def build_distiller(config: Config, student: nn.Module, teacher: nn.Module, device: torch.device) -> nn.Module:
-    """The Distiller for ``config.distill``: taps (default: our segmentors' features after the head's
-    dropout, as the release taps them, and the classifier),
-    channel counts probed with one forward pass, the listed methods with their weights."""
+    """The Distiller for ``config.distill``: taps (default:
+    :func:`~segdistill.models.sources.default_taps`, e.g. our segmentors' features after the head's
+    dropout, as the release taps them, and the classifier), channel counts probed with one forward
+    pass, the listed methods with their weights."""
     cfg = config.distill
     assert cfg is not None
-    student_taps = cfg.student_taps or _default_taps(student)
-    teacher_taps = cfg.teacher_taps or _default_taps(teacher)
+    num_classes = config.model.num_classes
+    student_taps = cfg.student_taps or default_taps(student, num_classes)
+    teacher_taps = cfg.teacher_taps or default_taps(teacher, num_classes)
     size = tuple(config.data.crop_size)
     ctx = MethodContext(
         num_classes=config.model.num_classes,
@@ -239,7 +229,7 @@ def build_distiller(config: Config, student: nn.Module, teacher: nn.Module, devi
         teacher_channels=_probe(teacher, teacher_taps, size, "teacher"),
     )
     losses, weights = build_methods(cfg.methods, ctx, cfg.options, cfg.weights)
-    if any(AUX_TAP[0] in getattr(loss, "taps", ()) for loss in losses.values()) and hasattr(teacher, "aux_in_eval"):
+    if any("aux_logits" in getattr(loss, "taps", ()) for loss in losses.values()) and hasattr(teacher, "aux_in_eval"):
         teacher.aux_in_eval = True  # the frozen teacher runs in eval mode; its aux logits are read
     return Distiller(
         student, teacher, student_taps, teacher_taps, losses, weights, aux_weight=config.train.aux_weight
@@ -263,7 +253,7 @@ def run_distill(config: Config, resume: bool = False, console: Console | None = 
         raise UserError("config has no 'distill' section (distill.methods lists the methods)")
 
     def task(student: nn.Module, device: torch.device) -> nn.Module:
-        teacher = build_model(config.teacher).to(device)
+        teacher = build_model(config.teacher, key="teacher", probe_size=tuple(config.data.crop_size)).to(device)
         torch.manual_seed(config.seed)  # loss modules (adapters) initialise the same whatever the teacher built
         return build_distiller(config, student, teacher, device)
 
