@@ -25,14 +25,16 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from torch import nn
 
 from .base.method_options import BENCH_METHODS
-from .config import Config, config_to_dict, load_config
+from .config import Config, config_to_dict, load_config, with_current_defaults
 from .data.datasets import class_names
 from .engine.builders import build_datasets, build_model
 from .engine.checkpoint import load_checkpoint
-from .engine.run import evaluate_model, evaluation_loader, run_distill, run_train
+from .engine.run import evaluate_model, evaluation_loader, has_trained_weights, run_distill, run_train
 from .errors import UserError
+from .models.sources import default_taps
 from .report import bench_figures
 from .report.figures import prediction_panel
 
@@ -78,7 +80,7 @@ def _finished(run: Run) -> dict | None:
     saved = run.config.run_dir / "config.yaml"
     if not (summary.is_file() and saved.is_file()):
         return None
-    if yaml.safe_load(saved.read_text()) != config_to_dict(run.config):
+    if with_current_defaults(yaml.safe_load(saved.read_text())) != config_to_dict(run.config):
         return None
     return json.loads(summary.read_text())
 
@@ -98,10 +100,13 @@ def evaluate_teacher(config: Config, out: Path, console: Console) -> dict:
     if path.is_file():
         return json.loads(path.read_text())
     assert config.teacher is not None
-    metrics = evaluate_model(config, build_model(config.teacher), evaluation_loader(config, console=console))
+    metrics = evaluate_model(
+        config, build_model(config.teacher, key="teacher"), evaluation_loader(config, console=console)
+    )
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"weights": config.teacher.weights, "val": metrics}, indent=2))
-    return {"weights": config.teacher.weights, "val": metrics}
+    weights = config.teacher.weights or config.teacher.pretrained or config.teacher.kwargs.get("weights")
+    path.write_text(json.dumps({"weights": weights, "val": metrics}, indent=2))
+    return {"weights": weights, "val": metrics}
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
@@ -204,7 +209,11 @@ def run_bench(
     base = load_config(recipe_path, overrides)
     names = class_names(base.data.dataset)
     start = time.perf_counter()
-    teacher = evaluate_teacher(base, out_dir, console) if base.teacher is not None and base.teacher.weights else None
+    teacher = (
+        evaluate_teacher(base, out_dir, console)
+        if base.teacher is not None and has_trained_weights(base.teacher)
+        else None
+    )
     quiet = Console(stderr=True, quiet=True)
     results: dict[str, list[dict]] = {m: [] for m in methods}
     progress = Progress(
@@ -259,7 +268,8 @@ def make_figures(out: Path, runs: list[Run], rows: dict, names: list[str], base:
         model = build_model(base.model)
         model.load_state_dict(load_checkpoint(dirs[0] / "checkpoints" / "last.pt")["model"])
         students[method] = model.eval()
-    teacher = {"teacher": build_model(base.teacher).eval()} if base.teacher is not None and base.teacher.weights else {}
+    trained = base.teacher is not None and has_trained_weights(base.teacher)
+    teacher = {"teacher": build_model(base.teacher, key="teacher").eval()} if trained else {}
     with torch.no_grad():
         prediction_panel({**teacher, **students}, samples, out / "predictions.png")
     chosen = {**teacher, **{m: students[m] for m in ("baseline", "apd") if m in students}}
@@ -271,4 +281,15 @@ def make_figures(out: Path, runs: list[Run], rows: dict, names: list[str], base:
     batch = [val[i] for i in range(min(4, len(val)))]
     images = torch.stack([b["image"] for b in batch])
     labels = torch.stack([b["label"] for b in batch])
-    bench_figures.tsne_figure(chosen, "head.dropout", images, labels, names, out / "tsne.png")
+    bench_figures.tsne_figure(chosen, feature_taps(chosen, base), images, labels, names, out / "tsne.png")
+
+
+def feature_taps(models: dict[str, nn.Module], base: Config) -> dict[str, str]:
+    """The ``feat`` tap of each model: the recipe's ``distill.<side>_taps.feat`` when it sets one,
+    else the model's default (:func:`~segdistill.models.sources.default_taps`)."""
+    distill = base.distill
+    taps = {}
+    for title, model in models.items():
+        chosen = (distill.teacher_taps if title == "teacher" else distill.student_taps) if distill else {}
+        taps[title] = chosen.get("feat") or default_taps(model, base.model.num_classes)["feat"]
+    return taps

@@ -115,7 +115,16 @@ class ModelConfig:
             )
 
 
-SEGDISTILL_ONLY = ("head", "backbone", "output_stride", "head_channels", "ppm_channels", "aux", "dropout", "backbone_kwargs")
+SEGDISTILL_ONLY = (
+    "head",
+    "backbone",
+    "output_stride",
+    "head_channels",
+    "ppm_channels",
+    "aux",
+    "dropout",
+    "backbone_kwargs",
+)
 ARCH_HELP = {
     "torchvision": "a torchvision.models.segmentation builder, e.g. deeplabv3_resnet101",
     "smp": "a segmentation_models_pytorch architecture, e.g. Unet",
@@ -124,12 +133,17 @@ ARCH_HELP = {
 }
 
 
+OPTIMIZERS = ("sgd", "adamw")
+
+
 @dataclass
 class TrainConfig:
     iters: int = setting(300, Positive())
+    # sgd: SGD with momentum (CNN recipes); adamw: AdamW, betas (0.9, 0.999) (SegFormer / transformer recipes)
+    optimizer: str = setting("sgd", OneOf(OPTIMIZERS))
     lr: float = setting(0.01, Positive())  # backbone; new modules get lr * head_lr_mult
     head_lr_mult: float = setting(10.0, Positive())
-    momentum: float = setting(0.9, Between(0.0, 1.0, open_high=True))
+    momentum: float = setting(0.9, Between(0.0, 1.0, open_high=True))  # sgd only
     weight_decay: float = setting(1e-4, NonNegative())
     poly_power: float = setting(0.9, NonNegative())
     aux_weight: float = setting(0.4, NonNegative())
@@ -213,6 +227,16 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     values = read_recipe(path) if path is not None else {}
     apply_overrides(values, overrides)
     return build_section(schema, values, "")
+
+
+def with_current_defaults(saved: dict[str, Any], schema: type = Config) -> dict[str, Any]:
+    """A config saved by an earlier version, read through today's ``schema``: keys added since then
+    appear at their defaults (which reproduce the earlier behaviour), so comparing it with a config
+    of today shows only real changes. A saved config the schema no longer reads is returned as is."""
+    try:
+        return config_to_dict(build_section(schema, saved, ""))
+    except UserError:
+        return saved
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

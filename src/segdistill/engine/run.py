@@ -15,7 +15,7 @@ from timm.layers import convert_sync_batchnorm
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import Config
+from ..config import Config, ModelConfig
 from ..data.datasets import build_dataset, prepare_dataset
 from ..data.labels import train_id_to_id_lut
 from ..distill import Distiller, probe_channels
@@ -236,6 +236,16 @@ def build_distiller(config: Config, student: nn.Module, teacher: nn.Module, devi
     ).to(device)
 
 
+def has_trained_weights(cfg: ModelConfig) -> bool:
+    """Whether a model section brings trained weights: ``weights``, a transformers folder or hub id in
+    ``pretrained`` (source hf), or a library's own weights named in ``kwargs.weights`` (torchvision)."""
+    if cfg.weights:
+        return True
+    if cfg.source == "hf" and isinstance(cfg.pretrained, str):
+        return True
+    return cfg.source == "torchvision" and bool(cfg.kwargs.get("weights"))
+
+
 def run_distill(config: Config, resume: bool = False, console: Console | None = None) -> dict:
     """Train ``config.model`` (the student) with ``config.teacher`` and ``config.distill.methods``.
 
@@ -243,8 +253,11 @@ def run_distill(config: Config, resume: bool = False, console: Console | None = 
     console = console or Console(stderr=True)
     if config.teacher is None:
         raise UserError("config has no 'teacher' section: a distillation needs a teacher")
-    if not config.teacher.weights:
-        raise UserError("teacher.weights is not set: a distillation needs a trained teacher")
+    if not has_trained_weights(config.teacher):
+        raise UserError(
+            "teacher.weights is not set: a distillation needs a trained teacher (a checkpoint or .safetensors "
+            "file, shipped:<name>, or for source hf a trained folder / hub id in teacher.pretrained)"
+        )
     if config.teacher.num_classes != config.model.num_classes:
         raise UserError(
             f"teacher.num_classes ({config.teacher.num_classes}) != model.num_classes ({config.model.num_classes})"

@@ -1,4 +1,4 @@
-"""The training loop: SGD + poly schedule, progress bar, metrics.jsonl, last/best checkpoints, exact resume."""
+"""The training loop: SGD or AdamW + poly schedule, progress bar, metrics.jsonl, last/best checkpoints, exact resume."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ..config import Config, config_to_dict
+from ..config import Config, TrainConfig, config_to_dict, with_current_defaults
 from ..errors import UserError
 from .checkpoint import load_latest_checkpoint, prepare_run_dir, save_training_checkpoint
 from .distributed import (
@@ -87,6 +87,15 @@ def config_changes(saved: dict, current: dict) -> list[str]:
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES]
 
 
+def build_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The student's optimizer over its parameter groups: ``train.optimizer`` sgd (momentum,
+    ``train.weight_decay``) or adamw (betas 0.9 / 0.999, decoupled ``train.weight_decay``); the
+    schedule sets each group's rate every step."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
 class Trainer:
     """Runs ``config.train.iters`` SGD steps of ``task`` over ``train_loader``, evaluating ``task.student``
     on ``val_loader`` every ``eval_interval`` steps (and at the end).
@@ -127,12 +136,7 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         cfg = config.train
         self.schedule = schedule or poly_schedule(cfg.lr, cfg.iters, cfg.poly_power)
-        self.optimizer = torch.optim.SGD(
-            task.param_groups(cfg.lr, cfg.head_lr_mult),
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-        )
+        self.optimizer = build_optimizer(task.param_groups(cfg.lr, cfg.head_lr_mult), cfg)
         if cfg.nonfinite not in ("stop", "skip"):
             raise UserError(f"train.nonfinite must be 'stop' or 'skip', got {cfg.nonfinite!r}")
         self.step = 0
@@ -220,7 +224,8 @@ class Trainer:
             self._truncate_log(0)
             return False
         state, path = found
-        changes = config_changes(state.get("config", {}), config_to_dict(self.config))
+        saved = with_current_defaults(state.get("config", {}), type(self.config))
+        changes = config_changes(saved, config_to_dict(self.config))
         if changes:
             raise UserError(
                 f"{path} was written by a run with another config ({'; '.join(changes[:3])}); "

@@ -46,9 +46,7 @@ def _library(source: str, key: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise UserError(
-            f"{key}.source={source} needs the {module} package: pip install 'segdistill[{extra}]'"
-        ) from exc
+        raise UserError(f"{key}.source={source} needs the {module} package: pip install 'segdistill[{extra}]'") from exc
 
 
 def _call(fn: Any, kwargs: dict[str, Any], what: str, key: str) -> nn.Module:
@@ -74,7 +72,9 @@ def _call(fn: Any, kwargs: dict[str, Any], what: str, key: str) -> nn.Module:
 def build_torchvision(arch: str, num_classes: int, kwargs: Mapping[str, Any], key: str = "model") -> nn.Module:
     """``torchvision.models.segmentation.<arch>(num_classes=..., weights=None, weights_backbone=None,
     **kwargs)``: no download unless ``kwargs`` asks for weights."""
-    builders = [n for n in dir(segmentation) if n.islower() and not n.startswith("_") and callable(getattr(segmentation, n))]
+    builders = [
+        n for n in dir(segmentation) if n.islower() and not n.startswith("_") and callable(getattr(segmentation, n))
+    ]
     builders = [n for n in builders if "_" in n]  # the model builders (deeplabv3_resnet50, ...), not the modules
     if arch not in builders:
         raise UserError(
@@ -91,7 +91,10 @@ def build_smp(arch: str, num_classes: int, kwargs: Mapping[str, Any], key: str =
     archs = sorted(n for n in dir(smp) if n[:1].isupper() and isinstance(getattr(smp, n), type))
     archs = [n for n in archs if issubclass(getattr(smp, n), nn.Module)]
     if arch not in archs:
-        raise UserError(f"{key}.arch: smp has no architecture {arch!r}{did_you_mean(arch, archs)}; architectures: {', '.join(archs)}")
+        raise UserError(
+            f"{key}.arch: smp has no architecture {arch!r}{did_you_mean(arch, archs)}; "
+            f"architectures: {', '.join(archs)}"
+        )
     args = {"classes": num_classes, "encoder_weights": None, **kwargs}
     return _call(getattr(smp, arch), args, f"segmentation_models_pytorch.{arch}", key)
 
@@ -111,7 +114,9 @@ def build_hf(
         local = Path(pretrained)
         looks_local = local.is_absolute() or pretrained.startswith(".") or local.exists()
         if looks_local and not (local / "config.json").is_file():
-            raise UserError(f"{key}.pretrained: {pretrained} is not a folder written by save_pretrained (no config.json)")
+            raise UserError(
+                f"{key}.pretrained: {pretrained} is not a folder written by save_pretrained (no config.json)"
+            )
         try:
             return cls.from_pretrained(pretrained, num_labels=num_classes, **kwargs)
         except OSError as exc:
@@ -138,7 +143,9 @@ def build_hf(
     try:
         config = config_class(**{"num_labels": num_classes, **kwargs})
     except (TypeError, ValueError, KeyError) as exc:
-        raise UserError(f"{key}.kwargs: {config_class.__name__} refuses these keys: {str(exc).splitlines()[0]}") from exc
+        raise UserError(
+            f"{key}.kwargs: {config_class.__name__} refuses these keys: {str(exc).splitlines()[0]}"
+        ) from exc
     return cls(config)
 
 
@@ -196,7 +203,8 @@ def class_score_convs(model: nn.Module, num_classes: int) -> list[str]:
     return [
         name
         for name, m in model.named_modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear)) and getattr(m, "out_channels", getattr(m, "out_features", 0)) == num_classes
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+        and getattr(m, "out_channels", getattr(m, "out_features", 0)) == num_classes
     ]
 
 
@@ -255,7 +263,9 @@ def check_segmentation_output(model: nn.Module, num_classes: int, size: tuple[in
         device = next(model.parameters()).device
         output = model(torch.zeros(1, 3, *size, device=device))
     except RuntimeError as exc:
-        raise UserError(f"{key}: the model fails on a 1 x 3 x {size[0]} x {size[1]} input: {str(exc).splitlines()[0]}") from exc
+        raise UserError(
+            f"{key}: the model fails on a 1 x 3 x {size[0]} x {size[1]} input: {str(exc).splitlines()[0]}"
+        ) from exc
     finally:
         model.train(was_training)
     try:

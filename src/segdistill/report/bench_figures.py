@@ -91,14 +91,17 @@ def pixel_features(model: nn.Module, tap: str, images: torch.Tensor, labels: tor
     return feats[chosen].numpy(), classes[chosen].numpy()
 
 
-def tsne_figure(models: dict[str, nn.Module], tap: str, images, labels, names: list[str], path: Path) -> None:
-    """t-SNE (scikit-learn) of each model's pixel features at the same pixels, coloured by class."""
+def tsne_figure(
+    models: dict[str, nn.Module], taps: dict[str, str], images, labels, names: list[str], path: Path
+) -> None:
+    """t-SNE (scikit-learn) of each model's pixel features (``taps[title]``, a module name, ``:input``
+    allowed) at the same pixels, coloured by class."""
     from sklearn.manifold import TSNE
 
     plt = _plt()
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4.2), squeeze=False)
     for ax, (title, model) in zip(axes[0], models.items()):
-        feats, classes = pixel_features(model, tap, images, labels, per_class=150, seed=0)
+        feats, classes = pixel_features(model, taps[title], images, labels, per_class=150, seed=0)
         feats = feats / (np.linalg.norm(feats, axis=1, keepdims=True) + 1e-6)
         perplexity = float(min(30, max(2, (len(feats) - 1) // 3)))
         points = TSNE(n_components=2, init="pca", random_state=0, perplexity=perplexity).fit_transform(feats)

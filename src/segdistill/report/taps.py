@@ -43,7 +43,9 @@ def marks(taps: dict[str, str], chosen: dict[str, str]) -> dict[str, list[str]]:
     return out
 
 
-def print_taps(config: Config, console: Console, size: tuple[int, int] | None = None, tapped_only: bool = False) -> dict:
+def print_taps(
+    config: Config, console: Console, size: tuple[int, int] | None = None, tapped_only: bool = False
+) -> dict:
     """Print, for the teacher (when the config has one) and the student, every module's name, class,
     input and output shape at ``size`` (default: the crop size), the default taps and those the config
     sets marked. Returns ``{side: {"taps": default taps, "modules": [...]}}``."""
@@ -57,7 +59,8 @@ def print_taps(config: Config, console: Console, size: tuple[int, int] | None = 
         model = build_model(dataclasses.replace(section, weights=None), key=side)
         rows, taps = model_taps(model, section.num_classes, size)
         marked = marks(taps, chosen)
-        table = Table(title=f"{side}: {section.source} {section.arch or section.head + ' / ' + section.backbone} at 1 x 3 x {size[0]} x {size[1]}")
+        what = section.arch or f"{section.head} / {section.backbone}"
+        table = Table(title=f"{side}: {section.source} {what} at 1 x 3 x {size[0]} x {size[1]}")
         table.add_column("module", no_wrap=True)
         table.add_column("class")
         table.add_column("input CxHxW", no_wrap=True)
@@ -73,7 +76,9 @@ def print_taps(config: Config, console: Console, size: tuple[int, int] | None = 
         if taps:
             console.print(f"{side} default taps: " + ", ".join(f"{k}={v}" for k, v in taps.items()))
         else:
-            console.print(f"{side}: no default taps (no convolution with {section.num_classes} outputs); set distill.{side}_taps")
+            console.print(
+                f"{side}: no default taps (no convolution with {section.num_classes} outputs); set distill.{side}_taps"
+            )
         report[side] = {
             "taps": taps,
             "modules": [dataclasses.asdict(r) for r in rows],
