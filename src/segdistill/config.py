@@ -94,23 +94,23 @@ class ModelConfig:
             for name in ("arch", "kwargs"):
                 if getattr(self, name):
                     raise UserError(
-                        f"config key {prefix}{name!r} applies to the sources {', '.join(SOURCES[1:])}; "
+                        f"config key {prefix + name!r} applies to the sources {', '.join(SOURCES[1:])}; "
                         f"set {prefix}source or remove it (source segdistill uses {prefix}head and {prefix}backbone)"
                     )
             return
         if not self.arch and not (self.source == "hf" and isinstance(self.pretrained, str)):
             what = ARCH_HELP[self.source]
-            raise UserError(f"config key {prefix}arch is required with {prefix}source={self.source} ({what})")
+            raise UserError(f"config key {prefix + 'arch'!r} is required with {prefix}source={self.source} ({what})")
         defaults = ModelConfig()
         for name in SEGDISTILL_ONLY:
             if getattr(self, name) != getattr(defaults, name):
                 raise UserError(
-                    f"config key {prefix}{name!r} applies only to {prefix}source=segdistill; for "
+                    f"config key {prefix + name!r} applies only to {prefix}source=segdistill; for "
                     f"source {self.source} put the library's arguments in {prefix}kwargs"
                 )
         if self.pretrained is not False and self.source != "hf":
             raise UserError(
-                f"config key {prefix}pretrained applies to sources segdistill (timm weights) and hf (a folder or "
+                f"config key {prefix + 'pretrained'!r} applies to sources segdistill (timm weights) and hf (a folder or "
                 f"hub id); for source {self.source} ask the library for weights in {prefix}kwargs"
             )
 

@@ -49,16 +49,30 @@ def _library(source: str, key: str) -> Any:
         raise UserError(f"{key}.source={source} needs the {module} package: pip install 'segdistill[{extra}]'") from exc
 
 
-def _call(fn: Any, kwargs: dict[str, Any], what: str, key: str) -> nn.Module:
-    """``fn(**kwargs)`` with a keyword the callable does not take named in one line."""
+def _parameters(fn: Any) -> tuple[set[str], bool] | None:
+    """The named parameters of ``fn`` and whether it also takes ``**kwargs`` (None: no signature)."""
     try:
         signature = inspect.signature(fn)
     except (TypeError, ValueError):
-        signature = None
-    if signature is not None and not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
-        for name in kwargs:
-            if name not in signature.parameters:
-                hint = did_you_mean(name, list(signature.parameters))
+        return None
+    params = signature.parameters.values()
+    named = {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return named, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _call(fn: Any, kwargs: dict[str, Any], what: str, key: str, also: Any = None) -> nn.Module:
+    """``fn(**kwargs)`` with a keyword the callable does not take named in one line. ``also``: a class
+    whose constructor receives ``fn``'s ``**kwargs`` (torchvision's builders pass them on, or drop them
+    silently); its named parameters are then the only other keywords allowed."""
+    found = _parameters(fn)
+    if found is not None:
+        named, open_ended = found
+        if also is not None:
+            named |= (_parameters(also) or (set(), False))[0]
+            open_ended = False
+        for name in kwargs if not open_ended else ():
+            if name not in named:
+                hint = did_you_mean(name, sorted(named))
                 raise UserError(f"{key}.kwargs.{name}: {what} takes no argument {name!r}{hint}")
     try:
         model = fn(**kwargs)
@@ -82,7 +96,10 @@ def build_torchvision(arch: str, num_classes: int, kwargs: Mapping[str, Any], ke
             f"builders: {', '.join(builders)}"
         )
     args = {"num_classes": num_classes, "weights": None, "weights_backbone": None, **kwargs}
-    return _call(getattr(segmentation, arch), args, f"torchvision.models.segmentation.{arch}", key)
+    builder = getattr(segmentation, arch)
+    model_class = inspect.signature(builder).return_annotation
+    also = model_class if isinstance(model_class, type) else nn.Module
+    return _call(builder, args, f"torchvision.models.segmentation.{arch}", key, also=also)
 
 
 def build_smp(arch: str, num_classes: int, kwargs: Mapping[str, Any], key: str = "model") -> nn.Module:
