@@ -41,6 +41,7 @@ SEGFORMER = {
     "strides": [4, 2],
     "patch_sizes": [7, 3],
 }
+TINY_UNET = {"encoder_name": "resnet18", "encoder_depth": 3, "decoder_channels": [16, 8, 8]}
 USER_MODULE = '''
 from torch import nn
 
@@ -105,7 +106,7 @@ def source_keys(side: str, source: str, user_module: str, hf_folder: Path) -> li
         "smp": [
             f"{side}.source=smp",
             f"{side}.arch=Unet",
-            f"{side}.kwargs={_yaml_map({'encoder_name': 'resnet18', 'encoder_depth': 3, 'decoder_channels': [16, 8, 8]})}",
+            f"{side}.kwargs={_yaml_map(TINY_UNET)}",
         ],
         "hf": [
             f"{side}.source=hf",
@@ -153,7 +154,7 @@ def test_any_source_distils_into_any_other_and_evaluates_exports_resumes(
     with flip, exported to safetensors under the library's own keys, and an interrupted run resumed
     to the same weights bitwise."""
     base = common(tiny_data, tmp_path)
-    teacher_keys = [k.replace("teacher.", "model.", 1) for k in source_keys("teacher", teacher_source, user_module, hf_folder)]
+    teacher_keys = source_keys("model", teacher_source, user_module, hf_folder)
     if teacher_source == "hf-folder":
         teacher_weights = []  # the folder holds the trained weights
     else:
@@ -214,7 +215,8 @@ def test_an_external_student_exports_to_onnx_at_the_input_size(tiny_data, tmp_pa
     keys = source_keys("model", "hf", "", Path())
     assert main(["train", "configs/synthetic/student.yaml", *base, *keys, "name=hf", "train.iters=1"]) == 0
     out = tmp_path / "hf.onnx"
-    assert main(["export", str(tmp_path / "runs/hf/checkpoints/last.pt"), "--onnx", str(out), "--size", "64", "96"]) == 0
+    checkpoint = str(tmp_path / "runs/hf/checkpoints/last.pt")
+    assert main(["export", checkpoint, "--onnx", str(out), "--size", "64", "96"]) == 0
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -235,7 +237,8 @@ def test_profile_predict_and_taps_take_any_source(tiny_data, tmp_path, user_modu
     report = tmp_path / "taps.json"
     teacher = source_keys("teacher", "hf", "", Path())
     capsys.readouterr()
-    assert main(["taps", "configs/synthetic/apd.yaml", *base, *keys, *teacher, "--json", str(report), "--width", "200"]) == 0
+    args = ["taps", "configs/synthetic/apd.yaml", *base, *keys, *teacher, "--json", str(report), "--width", "200"]
+    assert main(args) == 0
     printed = capsys.readouterr().out + capsys.readouterr().err
     taps = json.loads(report.read_text())
     assert taps["student"]["taps"] == {"feat": "classifier:input", "logits": "classifier"}
@@ -356,18 +359,36 @@ def test_a_recipe_switching_source_starts_the_model_section_afresh(tmp_path):
 BAD = {
     "unknown source": (["model.source=keras"], "model.source"),
     "unknown builder": (["model.source=torchvision", "model.arch=deeplabv3_resnet5"], "deeplabv3_resnet50"),
-    "unknown keyword": (["model.source=torchvision", "model.arch=fcn_resnet50", "model.kwargs={colour: 1}"], "model.kwargs.colour"),
+    "unknown keyword": (
+        ["model.source=torchvision", "model.arch=fcn_resnet50", "model.kwargs={colour: 1}"],
+        "model.kwargs.colour",
+    ),
     "unknown smp architecture": (["model.source=smp", "model.arch=Unett"], "'Unet'"),
-    "unknown hf class": (["model.source=hf", "model.arch=SegformerForSegmentation"], "SegformerForSemanticSegmentation"),
-    "unknown hf config key": (["model.source=hf", "model.arch=SegformerForSemanticSegmentation", "model.kwargs={hiden_sizes: [8]}"], "model.kwargs.hiden_sizes"),
+    "unknown hf class": (
+        ["model.source=hf", "model.arch=SegformerForSegmentation"],
+        "SegformerForSemanticSegmentation",
+    ),
+    "unknown hf config key": (
+        ["model.source=hf", "model.arch=SegformerForSemanticSegmentation", "model.kwargs={hiden_sizes: [8]}"],
+        "model.kwargs.hiden_sizes",
+    ),
     "missing hf folder": (["model.source=hf", "model.pretrained=./no/such/folder"], "model.pretrained"),
     "python target without callable": (["model.source=python", "model.arch=segdistill_user_models"], "model.arch"),
     "python module missing": (["model.source=python", "model.arch=no_such_module_xyz:build"], "no_such_module_xyz"),
     "arch missing": (["model.source=smp"], "model.arch"),
-    "segdistill key with another source": (["model.source=torchvision", "model.arch=fcn_resnet50", "model.head_channels=8"], "'model.head_channels'"),
-    "output not per-pixel": (["model.source=python", "model.arch=segdistill_user_models:image_classifier"], "per-pixel"),
-    "wrong class count": (["model.source=torchvision", "model.arch=lraspp_mobilenet_v3_large", "model.kwargs={num_classes: 21}"], "model.num_classes=19"),
-}  # fmt: skip
+    "segdistill key with another source": (
+        ["model.source=torchvision", "model.arch=fcn_resnet50", "model.head_channels=8"],
+        "'model.head_channels'",
+    ),
+    "output not per-pixel": (
+        ["model.source=python", "model.arch=segdistill_user_models:image_classifier"],
+        "per-pixel",
+    ),
+    "wrong class count": (
+        ["model.source=torchvision", "model.arch=lraspp_mobilenet_v3_large", "model.kwargs={num_classes: 21}"],
+        "model.num_classes=19",
+    ),
+}
 
 
 @pytest.mark.parametrize("case", list(BAD))

@@ -110,8 +110,8 @@ class ModelConfig:
                 )
         if self.pretrained is not False and self.source != "hf":
             raise UserError(
-                f"config key {prefix + 'pretrained'!r} applies to sources segdistill (timm weights) and hf (a folder or "
-                f"hub id); for source {self.source} ask the library for weights in {prefix}kwargs"
+                f"config key {prefix + 'pretrained'!r} applies to sources segdistill (timm weights) and hf "
+                f"(a folder or hub id); for source {self.source} ask the library for weights in {prefix}kwargs"
             )
 
 
