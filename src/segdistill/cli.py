@@ -179,10 +179,8 @@ def cmd_taps(args: argparse.Namespace, console: Console) -> int:
     from .report.taps import print_taps
 
     config = load_config(args.config, args.overrides)
-    report = print_taps(
-        config, Console(width=args.width) if args.width else console, tuple(args.size) if args.size else None,
-        tapped_only=args.tapped,
-    )  # fmt: skip
+    size = tuple(args.size) if args.size else None
+    report = print_taps(config, Console(width=args.width), size, tapped_only=args.tapped)  # the tables: stdout
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
