@@ -88,16 +88,9 @@ SEGMENTOR_OPTIONS = (
 )
 
 
-def build_model(
-    cfg: ModelConfig,
-    num_classes: int | None = None,
-    *,
-    key: str = "model",
-    probe_size: tuple[int, int] | None = None,
-) -> nn.Module:
+def build_model(cfg: ModelConfig, num_classes: int | None = None, *, key: str = "model") -> nn.Module:
     """Build the model of a model (or teacher, ``key``) section from its ``source`` and load
-    ``cfg.weights`` if set. With ``probe_size`` (H, W), a model from another library is checked with
-    one forward pass: its output must be per-pixel scores for ``num_classes`` classes."""
+    ``cfg.weights`` if set."""
     classes = num_classes or cfg.num_classes
     if cfg.source == "segdistill":
         model: nn.Module = build_segmentor(cfg.head, cfg.backbone, classes, **fields_of(cfg, SEGMENTOR_OPTIONS))
@@ -108,9 +101,14 @@ def build_model(
         model = LIBRARY_BUILDERS[cfg.source](cfg.arch, classes, cfg.kwargs, key)
     if cfg.weights:
         load_weights(model, cfg.weights)
-    if probe_size is not None and cfg.source != "segdistill":
-        check_segmentation_output(model, classes, probe_size, key)
     return model
+
+
+def check_model_output(cfg: ModelConfig, model: nn.Module, size: tuple[int, int], key: str = "model") -> None:
+    """A model from another library (on its device) must return per-pixel scores for
+    ``cfg.num_classes`` classes on a ``1 x 3 x H x W`` input: one probe forward; ours are known to."""
+    if cfg.source != "segdistill":
+        check_segmentation_output(model, cfg.num_classes, size, key)
 
 
 LIBRARY_BUILDERS = {"torchvision": build_torchvision, "smp": build_smp, "python": build_python}

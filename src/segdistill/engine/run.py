@@ -24,7 +24,15 @@ from ..errors import UserError
 from ..models import count_flops, count_parameters
 from ..models.sources import default_taps
 from ..models.sync_bn import convert_all_reduce_batchnorm
-from .builders import build_datasets, build_loaders, build_model, check_class_count, load_weights, write_summary
+from .builders import (
+    build_datasets,
+    build_loaders,
+    build_model,
+    check_class_count,
+    check_model_output,
+    load_weights,
+    write_summary,
+)
 from .checkpoint import prepare_run_dir
 from .distributed import DistInfo, init_distributed
 from .evaluator import collate_eval, evaluate, protocol
@@ -64,10 +72,12 @@ class SegmentationJob:
         return build_loaders(self.config, train, val, rank=info.rank, world_size=info.world_size)
 
     def student(self, process: Process) -> nn.Module:
-        model = build_model(self.config.model, probe_size=tuple(self.config.data.crop_size))
+        model = build_model(self.config.model)
         if process.info.enabled and self.config.train.sync_bn:
             model = sync_batchnorm(model, process.device)
-        return model.to(process.device)
+        model = model.to(process.device)
+        check_model_output(self.config.model, model, tuple(self.config.data.crop_size))
+        return model
 
     def trainer(self, task: nn.Module, loaders: Loaders, process: Process) -> Trainer:
         num_classes = self.config.model.num_classes
@@ -162,8 +172,9 @@ def run_eval(
     ``<name>.png``. The folder appears only when every image is written (it is filled as
     ``<folder>.partial`` first)."""
     loader = evaluation_loader(config, split, console)
-    model = build_model(config.model, probe_size=tuple(config.data.crop_size))
+    model = build_model(config.model)
     load_weights(model, checkpoint)
+    check_model_output(config.model, model, tuple(config.data.crop_size))
     writer = PredictionWriter(predictions, prediction_format) if predictions else None
     metrics = evaluate_model(config, model, loader, on_prediction=writer)
     if writer is not None:
@@ -266,7 +277,8 @@ def run_distill(config: Config, resume: bool = False, console: Console | None = 
         raise UserError("config has no 'distill' section (distill.methods lists the methods)")
 
     def task(student: nn.Module, device: torch.device) -> nn.Module:
-        teacher = build_model(config.teacher, key="teacher", probe_size=tuple(config.data.crop_size)).to(device)
+        teacher = build_model(config.teacher, key="teacher").to(device)
+        check_model_output(config.teacher, teacher, tuple(config.data.crop_size), "teacher")
         torch.manual_seed(config.seed)  # loss modules (adapters) initialise the same whatever the teacher built
         return build_distiller(config, student, teacher, device)
 
