@@ -145,6 +145,7 @@ PAIRS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("teacher_source, student_source", PAIRS, ids=[f"{t}->{s}" for t, s in PAIRS])
 def test_any_source_distils_into_any_other_and_evaluates_exports_resumes(
     teacher_source, student_source, tiny_data, tmp_path, user_module, hf_folder
@@ -195,6 +196,7 @@ def test_any_source_distils_into_any_other_and_evaluates_exports_resumes(
     assert set(load_file(exported)) == set(final["model"])  # the library's own state-dict keys
 
 
+@pytest.mark.slow
 def test_an_external_student_on_the_shipped_recipe_benches_with_figures(tiny_data, tmp_path):
     """``segdistill bench`` on the torchvision LR-ASPP recipe: baseline and APD, results and every
     figure (t-SNE reads each model's own default feature tap)."""
@@ -207,6 +209,7 @@ def test_an_external_student_on_the_shipped_recipe_benches_with_figures(tiny_dat
         assert (out / name).is_file(), name
 
 
+@pytest.mark.slow
 def test_an_external_student_exports_to_onnx_at_the_input_size(tiny_data, tmp_path):
     """A transformers SegFormer (logits at 1/4) exported to ONNX gives logits at the input size, equal
     to PyTorch's upsampled logits."""
