@@ -7,6 +7,8 @@ side in one run, and prints the ratio and the largest relative difference of the
     python benchmarks/apd_loss.py            # the three shapes of the issue
     python benchmarks/apd_loss.py --quick    # small shapes, a smoke test
     python benchmarks/apd_loss.py --profile  # + where the vectorised loss spends its time (torch.profiler)
+    python benchmarks/apd_loss.py --pools    # instead: one pool vs pools of 2 (pool_size) vs scope image
+                                             # at the one-process release batches (Cityscapes, ADE20K)
 """
 
 from __future__ import annotations
@@ -154,6 +156,65 @@ def bench(B: int, C: int, h: int, w: int, K: int, repeats: int) -> None:
     )
 
 
+def loop_pools(groups: int):
+    """:func:`loop_apd` applied to each of ``groups`` pools (images ``g, g + groups, ...``, the layout of
+    ``APDLoss(pool_size=...)``) and averaged over the pools: the release on ``groups`` GPUs."""
+
+    def run(loss: APDLoss, f_s: torch.Tensor, f_t: torch.Tensor, target: torch.Tensor) -> dict:
+        outs = [loop_apd(loss, f_s[g::groups], f_t[g::groups], target[g::groups]) for g in range(groups)]
+        return {k: torch.stack([o[k] for o in outs]).mean() for k in outs[0]}
+
+    return run
+
+
+def bench_pools(B: int, C: int, h: int, w: int, K: int, repeats: int) -> None:
+    """One pool of B images, pools of 2 (``pool_size=2``) and pools of 1 (``scope="image"``): forward +
+    backward of the vectorised loss against the per-class loop applied pool by pool, with the release's
+    adapters and with the adapter convolutions removed; all rows interleaved, best of ``repeats``."""
+    f_s, f_t, target = make_inputs(B, C, h, w, K)
+    variants = {
+        f"one pool of {B} (pool_size unset)": ({"scope": "batch"}, 1),
+        "pools of 2 (pool_size=2)": ({"scope": "batch", "pool_size": 2}, -(-B // 2)),
+        "pools of 1 (scope image)": ({"scope": "image"}, B),
+    }
+    runs = []  # (variant, adapters, implementation, module, fn)
+    for label, (kwargs, groups) in variants.items():
+        torch.manual_seed(0)
+        loss = APDLoss(K, C, C, adapter=True, adapter_channels=512, **kwargs)
+        bare = without_adapters(loss)
+        bare.scope, bare.pool_size = loss.scope, loss.pool_size
+        for adapters, module in (("adapters", loss), ("no adapter convs", bare)):
+            runs.append((label, adapters, "vectorised", module, lambda m, a, b, c: m(a, b, c)))
+            runs.append((label, adapters, "loop", module, loop_pools(groups)))
+    times: dict[tuple[str, str, str], list[float]] = {}
+    values: dict[tuple[str, str, str], dict] = {}
+    for i in range(repeats + 1):  # the first round warms up; interleaved, so every row sees the same load
+        for label, adapters, impl, module, fn in runs:
+            seconds, values[label, adapters, impl] = step(fn, module, f_s, f_t, target)
+            if i > 0:
+                times.setdefault((label, adapters, impl), []).append(seconds)
+    best = {key: min(t) for key, t in times.items()}
+    print(f"pools at (B,C,h,w,K)=({B},{C},{h},{w},{K}), labels {8 * h}x{8 * w}, forward+backward, best of {repeats}:")
+    for label in variants:
+        cells = []
+        for adapters in ("adapters", "no adapter convs"):
+            t_vec, t_loop = best[label, adapters, "vectorised"], best[label, adapters, "loop"]
+            ours, ref = values[label, adapters, "vectorised"], values[label, adapters, "loop"]
+            diff = max(abs(ours[k] - ref[k]).item() / max(abs(ref[k]).item(), 1e-12) for k in ours)
+            cells.append(
+                f"{adapters}: vectorised {1000 * t_vec:7.1f} ms loop {1000 * t_loop:7.1f} ms "
+                f"x{t_loop / t_vec:4.2f} (rel diff {diff:.0e})"
+            )
+        print(f"  {label:34s} " + " | ".join(cells), flush=True)
+    first = next(iter(variants))
+    for adapters in ("adapters", "no adapter convs"):
+        base = best[first, adapters, "vectorised"]
+        ratios = ", ".join(
+            f"{label.split(' (')[0]} x{best[label, adapters, 'vectorised'] / base:.2f}" for label in variants
+        )
+        print(f"  vectorised time against one pool, {adapters}: {ratios}", flush=True)
+
+
 def profile(B: int, C: int, h: int, w: int, K: int) -> None:
     """Per-operator self time of one vectorised forward + backward (after a warm-up), largest first,
     and a count of the operator calls that read or write a whole feature map (adapters excluded)."""
@@ -201,8 +262,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="also profile the vectorised loss at the first shape")
+    parser.add_argument("--pools", action="store_true", help="one pool vs pools of 2 vs scope image, instead")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, forward+backward, best of {args.repeats}")
+    if args.pools:
+        # one process with the release's total batch: Cityscapes 8 x 713 crops (90 x 90 features),
+        # ADE20K 8 x 473 crops (60 x 60)
+        pool_shapes = [(8, 64, 16, 16, 19)] if args.quick else [(8, 512, 90, 90, 19), (8, 512, 60, 60, 150)]
+        for shape in pool_shapes:
+            bench_pools(*shape, repeats=args.repeats)
+        return
     shapes = (
         [(2, 64, 16, 16, 19), (2, 64, 12, 12, 150)]
         if args.quick

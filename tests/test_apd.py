@@ -1,10 +1,13 @@
-"""APDLoss against an independent per-class loop (the release's formulation), gradcheck, scopes."""
+"""APDLoss against an independent per-class loop (the release's formulation), gradcheck, scopes, pools."""
+
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from segdistill import UserError
+from segdistill.cli import main
 from segdistill.distill import APDLoss
 
 
@@ -75,19 +78,19 @@ def test_gradients_match_the_reference():
     assert torch.allclose(grad, ref, rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("scope", ["batch", "image"])
-def test_gradcheck_float64(scope):
+@pytest.mark.parametrize("scope, pool_size", [("batch", None), ("image", None), ("batch", 2)])
+def test_gradcheck_float64(scope, pool_size):
     g = torch.Generator().manual_seed(1)
-    f_s = torch.randn(2, 4, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
-    f_t = torch.randn(2, 4, 3, 3, generator=g, dtype=torch.float64)
-    target = torch.randint(0, 3, (2, 6, 6), generator=g)
+    f_s = torch.randn(3, 4, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    f_t = torch.randn(3, 4, 3, 3, generator=g, dtype=torch.float64)
+    target = torch.randint(0, 3, (3, 6, 6), generator=g)
     target[0, 0, 0] = 255
-    loss = APDLoss(3, 4, 4, adapter=False, scope=scope)
+    loss = APDLoss(3, 4, 4, adapter=False, scope=scope, pool_size=pool_size)  # pool_size 2: pools of 2 and 1
     assert torch.autograd.gradcheck(lambda x: tuple(loss(x, f_t, target)[k] for k in ("apd_kl", "apd_align")), (f_s,))
 
     # the teacher-side CE trains the teacher adapter: check its gradient w.r.t. the adapter weights
     torch.manual_seed(0)
-    with_adapter = APDLoss(3, 4, 4, adapter=True, adapter_channels=3, scope=scope).double()
+    with_adapter = APDLoss(3, 4, 4, adapter=True, adapter_channels=3, scope=scope, pool_size=pool_size).double()
     names = [f"teacher_adapter.{n}" for n, _ in with_adapter.teacher_adapter.named_parameters()]
     params = tuple(p.detach().clone().requires_grad_(True) for p in with_adapter.teacher_adapter.parameters())
 
@@ -121,16 +124,6 @@ def test_teacher_adapter_is_trained_only_by_teacher_ce():
     assert {id(p) for p in loss.student_parameters()} == {id(p) for p in loss.student_adapter.parameters()}
 
 
-def test_no_valid_pixel_gives_zeros_not_nan():
-    loss = APDLoss(3, 4, 4)
-    f_s = torch.randn(2, 4, 3, 3, requires_grad=True)
-    out = loss(f_s, torch.randn(2, 4, 3, 3), torch.full((2, 24, 24), 255))
-    for value in out.values():
-        assert value.item() == 0.0
-    (out["apd_kl"] + out["apd_align"]).backward()
-    assert torch.isfinite(f_s.grad).all()
-
-
 def test_identical_features_give_zero_student_terms():
     f = torch.randn(2, 5, 4, 4)
     target = torch.randint(0, 3, (2, 8, 8))
@@ -156,10 +149,11 @@ def test_scopes_on_a_case_known_by_hand():
     p_s0 = torch.tensor([2.0, 1.0]) / 5**0.5
     expected_align = 0.5 * ((1 - p_s0[0]) + (1 - 0.0)) / 2
     assert batch["apd_align"].item() == pytest.approx(expected_align.item(), rel=1e-6)
-    # Image scope: image 0 has only class 0 with identical prototypes (1,0) on both sides;
-    # image 1 class 0: s (0,1) vs t (1,0) -> cos 0; class 1: s (1,0) vs t (0,1) -> cos 0.
+    # Image scope (a pool of one image each, terms averaged over images): image 0 has only class 0 with
+    # identical prototypes (1,0) on both sides -> 0; image 1 class 0: s (0,1) vs t (1,0) -> cos 0;
+    # class 1: s (1,0) vs t (0,1) -> cos 0 -> its mean 0.5.
     image = APDLoss(2, 2, 2, adapter=False, scope="image")(f_s, f_t, target)
-    assert image["apd_align"].item() == pytest.approx((0 + 0.5 + 0.5) / 3, rel=1e-6)
+    assert image["apd_align"].item() == pytest.approx((0 + (0.5 + 0.5) / 2) / 2, rel=1e-6)
     # Image 0 has one present class: its KL is 0 (a softmax over one class). Image 1: per pixel,
     # teacher logits (10, 0) and (0, 10); student logits (10, 0)->pixel0 s=(0,1): (10*0+... ) computed below.
     s1 = torch.tensor([[0.0, 1.0], [1.0, 0.0]])  # pixel features of image 1 (student)
@@ -185,6 +179,11 @@ def test_bad_arguments():
         APDLoss(19, 128, 512, adapter=False)
     with pytest.raises(UserError, match="scope"):
         APDLoss(19, 8, 8, scope="dataset")
+    with pytest.raises(UserError, match="pool_size must be a positive number"):
+        APDLoss(19, 8, 8, pool_size=0)
+    for scope in ("image", "global"):
+        with pytest.raises(UserError, match="pool_size applies to scope batch only"):
+            APDLoss(19, 8, 8, scope=scope, pool_size=2)
     loss = APDLoss(3, 8, 16)
     with pytest.raises(UserError, match="student feature channels"):
         loss(torch.randn(1, 4, 2, 2), torch.randn(1, 16, 2, 2), torch.zeros(1, 8, 8, dtype=torch.long))
@@ -219,6 +218,150 @@ def test_image_scope_ignores_images_without_a_valid_pixel():
     alone = loss(f_s[:1], f_t[:1], target[:1])
     for key in ("apd_kl", "apd_align", "apd_teacher_ce"):
         assert both[key].item() == pytest.approx(alone[key].item(), rel=1e-6), key
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pools of pool_size images (issue 19): the release pools per GPU (Cityscapes: 8 images on 4 GPUs, 2 per
+# pool) and DDP averages the GPUs' gradients; pool g of G = ceil(B / pool_size) holds images g, g + G, ...
+
+
+def pooled_reference(f_s, f_t, target, num_classes, pool_size):
+    """The per-class loop reference applied pool by pool (images ``g::G``) and averaged over the pools."""
+    groups = -(-f_s.shape[0] // pool_size)
+    terms = [reference_apd(f_s[g::groups], f_t[g::groups], target[g::groups], num_classes) for g in range(groups)]
+    return tuple(torch.stack(values).mean() for values in zip(*terms))
+
+
+def pool_inputs(batch: int, seed: int = 0, channels: int = 6, classes: int = 5):
+    """float64 features ``batch x 6 x 5 x 4`` and labels ``batch x 20 x 16`` with ~20 % ignored pixels and
+    classes that differ between images (so the pools differ in N)."""
+    g = torch.Generator().manual_seed(seed)
+    f_s = torch.randn(batch, channels, 5, 4, generator=g, dtype=torch.float64)
+    f_t = torch.randn(batch, channels, 5, 4, generator=g, dtype=torch.float64)
+    coarse = torch.randint(0, classes, (batch, 5, 4), generator=g)
+    target = F.interpolate(coarse[:, None].double(), size=(20, 16), mode="nearest")[:, 0].long()
+    target[torch.rand(target.shape, generator=g) < 0.2] = 255
+    return f_s, f_t, target
+
+
+@pytest.mark.parametrize(
+    "batch, pool_size",
+    [(4, 1), (4, 2), (4, 4), (4, None), (4, 6), (5, 2), (7, 3), (6, 4)],  # (5, 2): pools of 2, 2, 1
+)
+def test_pools_equal_the_loop_reference_pool_by_pool(batch, pool_size):
+    """Values (float64, 1e-9) and student-feature gradients equal the per-class loop applied to each pool
+    and averaged over the pools; pool_size 1 is scope image, pool_size unset or >= B the whole batch."""
+    f_s, f_t, target = pool_inputs(batch, seed=batch * 10 + (pool_size or 0))
+    x = f_s.clone().requires_grad_(True)
+    out = APDLoss(5, 6, 6, adapter=False, pool_size=pool_size)(x, f_t, target)
+    (grad,) = torch.autograd.grad(out["apd_kl"] + out["apd_align"], x)
+    x_ref = f_s.clone().requires_grad_(True)
+    kl, align, ce = pooled_reference(x_ref, f_t, target, 5, min(pool_size or batch, batch))
+    (grad_ref,) = torch.autograd.grad(kl + align, x_ref)
+    for key, ref in (("apd_kl", kl), ("apd_align", align), ("apd_teacher_ce", ce)):
+        assert out[key].item() == pytest.approx(ref.item(), rel=1e-9, abs=1e-12), key
+    assert torch.allclose(grad, grad_ref, rtol=1e-9, atol=1e-12)
+    if pool_size == 1:
+        image = APDLoss(5, 6, 6, adapter=False, scope="image")(f_s, f_t, target)
+        assert all(torch.equal(image[k], out[k].detach()) for k in out)
+
+
+def test_one_process_pools_what_the_ranks_of_the_sampler_pool():
+    """Batch 8 in pools of 2 equals 4 ranks with images r, r + 4 each (the sampler's shard, pools of the
+    whole per-rank batch) and 2 ranks with images r, r + 2, ... in pools of 2: values averaged over ranks
+    and gradients (features and both adapters) averaged as DDP averages them, float64."""
+    f_s, f_t, target = pool_inputs(8, seed=5)
+    torch.manual_seed(0)
+    loss = APDLoss(5, 6, 6, adapter_channels=7, pool_size=2).double()
+
+    def run(world: int) -> tuple[dict[str, float], list[torch.Tensor]]:
+        loss.zero_grad(set_to_none=True)
+        x = f_s.clone().requires_grad_(True)
+        values = {k: 0.0 for k in loss.terms}
+        for rank in range(world):
+            shard = slice(rank, None, world)
+            out = loss(x[shard], f_t[shard], target[shard])
+            ((out["apd_kl"] + out["apd_align"] + out["apd_teacher_ce"]) / world).backward()
+            for key in values:
+                values[key] += out[key].item() / world
+        return values, [x.grad, *(p.grad.clone() for p in loss.parameters())]
+
+    one, one_grads = run(1)
+    for world in (2, 4):
+        values, grads = run(world)
+        for key in one:
+            assert values[key] == pytest.approx(one[key], rel=1e-9), (world, key)
+        for a, b in zip(grads, one_grads):
+            assert torch.allclose(a, b, rtol=1e-9, atol=1e-12), world
+    whole = {k: v.item() for k, v in APDLoss(5, 6, 6, adapter=False)(f_s, f_t, target).items()}
+    pooled = {k: v.item() for k, v in APDLoss(5, 6, 6, adapter=False, pool_size=2)(f_s, f_t, target).items()}
+    assert abs(whole["apd_kl"] - pooled["apd_kl"]) > 1e-3 * whole["apd_kl"]  # the pooling matters
+
+
+def test_a_pool_without_a_labelled_pixel_contributes_nothing():
+    """Batch 6 in pools of 2 ({0, 3}, {1, 4}, {2, 5}) where images 1 and 4 are all ignored: every term
+    equals the batch without them ({0, 3}, {2, 5}), their features get a zero gradient, every gradient is
+    finite (adapters on, float64)."""
+    f_s, f_t, target = pool_inputs(6, seed=11)
+    target[[1, 4]] = 255
+    torch.manual_seed(0)
+    loss = APDLoss(5, 6, 6, adapter_channels=7, pool_size=2).double()
+    x = f_s.clone().requires_grad_(True)
+    out = loss(x, f_t, target)
+    sum(out.values()).backward()
+    kept = [0, 2, 3, 5]
+    y = f_s[kept].clone().requires_grad_(True)
+    ref = loss(y, f_t[kept], target[kept])
+    for key in out:
+        assert out[key].item() == pytest.approx(ref[key].item(), rel=1e-12), key
+    assert all(torch.isfinite(p.grad).all() for p in loss.parameters()) and torch.isfinite(x.grad).all()
+    assert torch.equal(x.grad[[1, 4]], torch.zeros_like(x.grad[[1, 4]]))
+    (grad_ref,) = torch.autograd.grad(sum(ref.values()), y)
+    assert torch.allclose(x.grad[kept], grad_ref, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("scope, pool_size", [("batch", None), ("batch", 2), ("image", None)])
+def test_no_labelled_pixel_anywhere_gives_zeros_and_finite_gradients(scope, pool_size):
+    loss = APDLoss(3, 4, 4, scope=scope, pool_size=pool_size)
+    f_s = torch.randn(3, 4, 3, 3, requires_grad=True)
+    out = loss(f_s, torch.randn(3, 4, 3, 3), torch.full((3, 24, 24), 255))
+    assert all(value.item() == 0.0 for value in out.values())
+    sum(out.values()).backward()
+    assert torch.isfinite(f_s.grad).all() and all(torch.isfinite(p.grad).all() for p in loss.parameters())
+
+
+RECIPES = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_pool_size_is_read_checked_and_passed_to_the_loss(capsys):
+    from segdistill.config import load_config
+    from segdistill.distill.methods import MethodContext, build_methods
+
+    ctx = MethodContext(num_classes=19, student_channels={"feat": 8}, teacher_channels={"feat": 8})
+    for overrides, expected in (([], None), (["distill.options.apd.pool_size=2"], 2)):
+        config = load_config(RECIPES / "synthetic" / "apd.yaml", overrides)
+        losses, _ = build_methods(config.distill.methods, ctx, config.distill.options, config.distill.weights)
+        assert losses["apd"].pool_size == expected and losses["apd"].scope == "batch"
+    for bad in (["scope=image", "pool_size=2"], ["scope=global", "pool_size=1"], ["pool_size=0"], ["pool_size=-2"]):
+        args = [f"distill.options.apd.{x}" for x in bad]
+        assert main(["distill", str(RECIPES / "synthetic" / "apd.yaml"), *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: config key 'distill.options.apd.pool_size'"), err
+
+
+@pytest.mark.parametrize(
+    "recipe, pool_size, total", [("cityscapes", 2, 8), ("ade20k", 2, 8), ("pascal_context", 3, 12)]
+)
+def test_release_recipes_pool_per_gpu_on_any_number_of_processes(recipe, pool_size, total):
+    """The release's images per GPU (METHODS.md: batch 8, 8 and 12 over 4 GPUs); the recipe's batch is the
+    release's total, and each process count that divides it into whole pools keeps the same 4 pools."""
+    from segdistill.config import load_config
+
+    config = load_config(RECIPES / recipe / "apd.yaml")
+    assert config.distill.options["apd"]["pool_size"] == pool_size and config.data.batch_size == total
+    for processes in (1, 2, 4):
+        per_process = total // processes
+        assert per_process % pool_size == 0 and processes * per_process // pool_size == 4
 
 
 def _global_scope_worker(rank: int, world: int, init_file: str, queue) -> None:

@@ -136,12 +136,10 @@ def test_a_killed_two_process_run_resumes_exactly(tiny_overrides, tmp_path):
     assert records("reference") == records("killed")
 
 
-@pytest.mark.slow
-def test_two_processes_train_like_one_with_the_whole_batch(tiny_overrides, tiny_data, tmp_path):
-    """2 gloo processes with 2 images each (BatchNorm statistics all-reduced) train the same model as
-    1 process with all 4: losses, weights and metrics equal within float tolerance. Per-process loss
-    means equal the global mean only when every process has as many labelled pixels, so this data has
-    no ignored pixels (void label ids become road; no scale/rotation padding) and dropout is off."""
+def fully_labelled_copy(data: Path, root: Path) -> Path:
+    """A copy of the generated dataset ``data`` at ``root`` whose void label ids became road: no ignored
+    pixel, so every process of a multi-process run has as many labelled pixels and per-process loss
+    means average to the one-process mean."""
     import shutil
 
     import numpy as np
@@ -149,16 +147,24 @@ def test_two_processes_train_like_one_with_the_whole_batch(tiny_overrides, tiny_
 
     from segdistill.data.labels import id_to_train_id_lut
 
-    root = tmp_path / "data"
-    shutil.copytree(tiny_data, root)
+    shutil.copytree(data, root)
     lut = id_to_train_id_lut()
     for path in root.glob("gtFine/*/*/*_labelIds.png"):
         label = np.array(Image.open(path))
         label[lut[label] == 255] = 7  # road
         Image.fromarray(label).save(path)
+    return root
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_with_the_whole_batch(tiny_overrides, tiny_data, tmp_path):
+    """2 gloo processes with 2 images each (BatchNorm statistics all-reduced) train the same model as
+    1 process with all 4: losses, weights and metrics equal within float tolerance. Per-process loss
+    means equal the global mean only when every process has as many labelled pixels, so this data has
+    no ignored pixels (void label ids become road; no scale/rotation padding) and dropout is off."""
     args = overrides(
         tiny_overrides,
-        data__root=root,
+        data__root=fully_labelled_copy(tiny_data, tmp_path / "data"),
         data__scale="[1.0,1.0]",
         data__rotate=0,
         model__dropout=0,
@@ -223,3 +229,40 @@ def test_all_reduce_batchnorm_equals_batchnorm():
         assert torch.allclose(ours.weight.grad, ref.weight.grad, atol=1e-12)
         assert torch.allclose(ours.running_var, ref.running_var, atol=1e-12)
         assert torch.allclose(ours.running_mean, ref.running_mean, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_apd_pools_of_two_on_one_process_equal_four_processes(tiny_overrides, tiny_data, tmp_path):
+    """The APD recipe with ``pool_size=2``: 1 process with batch 8 pools the images 4 gloo processes with
+    batch 2 each pool (the sampler gives rank r the images r and r + 4 of the step; one process puts
+    them in pool r), so the first step's losses, every APD term included, are equal to float32
+    rounding. Without ``pool_size`` the one process pools all 8 images and its APD KL differs. As in the
+    test above: data without ignored pixels, no scale/rotation padding, dropout off."""
+    args = overrides(
+        tiny_overrides,
+        data__root=fully_labelled_copy(tiny_data, tmp_path / "data"),
+        data__scale="[1.0,1.0]",
+        data__rotate=0,
+        model__dropout=0,
+        train__iters=1,
+        train__log_interval=1,
+    )
+    recipe = "configs/synthetic/apd.yaml"
+
+    def first_step(name: str) -> dict[str, float]:
+        record = json.loads((tmp_path / f"runs/{name}/metrics.jsonl").read_text().splitlines()[0])
+        assert record["step"] == 1
+        return {k: v for k, v in record.items() if k not in ("step", "lr", "images_per_s", "eval")}
+
+    procs = launch(4, ["distill", recipe, *args, "data.batch_size=2", "distill.options.apd.pool_size=2", "name=four"])
+    for p in procs:
+        p.wait(timeout=600)
+    assert [p.returncode for p in procs] == [0] * 4, [p.stderr.read() for p in procs]
+    for name, extra in (("one", ["distill.options.apd.pool_size=2"]), ("whole", [])):
+        assert main(["distill", recipe, *args, "data.batch_size=8", f"name={name}", *extra]) == 0
+    one, four, whole = first_step("one"), first_step("four"), first_step("whole")
+    assert {"loss", "apd_kl", "apd_align", "kd", "ce"} <= set(one) and set(one) == set(four)
+    print(f"first step: 1 process pools of 2 {one}\n4 processes {four}\n1 process one pool of 8 {whole}")
+    for key in one:
+        assert four[key] == pytest.approx(one[key], rel=1e-6), key
+    assert abs(whole["apd_kl"] - four["apd_kl"]) > 1e-3 * four["apd_kl"]

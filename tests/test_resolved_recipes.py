@@ -13,8 +13,9 @@ recipes; they are part of the recipes that name them as ``base:``.
 
 A second intended schema change (issue 14): model sections name who builds the model, so a resolved
 ``model:`` and ``teacher:`` also list ``source``, ``arch`` and ``kwargs`` at their defaults
-(``segdistill``, null, {}: the only models the recipes could build before). Recipes added after the
-snapshot are stored as they resolve now."""
+(``segdistill``, null, {}: the only models the recipes could build before), and ``train:`` lists
+``optimizer: sgd`` (the only optimizer before). Recipes added after the snapshot are stored as they
+first resolved in ``tests/data/resolved_recipes_added.json``."""
 
 from __future__ import annotations
 
@@ -27,9 +28,14 @@ from segdistill.config import config_to_dict, load_config
 from segdistill.detection.config import DetectionConfig
 
 RECIPES = Path(__file__).resolve().parents[1] / "src" / "segdistill" / "configs"
-STORED = json.loads((Path(__file__).parent / "data" / "resolved_recipes.json").read_text())
+DATA = Path(__file__).parent / "data"
+SNAPSHOT = json.loads((DATA / "resolved_recipes.json").read_text())
+# Recipes added after the snapshot, stored as they first resolved (``snapshot_configs.py --only-new``).
+ADDED = json.loads((DATA / "resolved_recipes_added.json").read_text())
+STORED = {**SNAPSHOT, **ADDED}
 TEACHER_DEFAULTS_ADDED = {"pretrained": False, "dropout": 0.1}
 SOURCE_DEFAULTS_ADDED = {"source": "segdistill", "arch": None, "kwargs": {}}
+TRAIN_DEFAULTS_ADDED = {"optimizer": "sgd"}  # issue 14: AdamW for the transformer recipes; SGD before
 
 
 def _recipes() -> list[str]:
@@ -38,8 +44,10 @@ def _recipes() -> list[str]:
 
 def _expected(recipe: str) -> dict:
     expected = json.loads(json.dumps(STORED[recipe]))
-    if "/detection/" in recipe or expected.get("_added_after_snapshot"):
-        expected.pop("_added_after_snapshot", None)
+    if recipe in ADDED:
+        return expected
+    expected["train"] = {**TRAIN_DEFAULTS_ADDED, **expected["train"]}
+    if "/detection/" in recipe:
         return expected
     if expected.get("teacher") is not None:
         expected["teacher"] = {**TEACHER_DEFAULTS_ADDED, **SOURCE_DEFAULTS_ADDED, **expected["teacher"]}

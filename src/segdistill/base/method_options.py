@@ -87,12 +87,22 @@ class CIRKDOptions:
 @dataclass
 class APDOptions:
     scope: str = setting("batch", OneOf(APD_SCOPES))
+    # images per prototype pool (scope batch): the release's images per GPU; null: the whole per-process batch
+    pool_size: int | None = setting(None, Positive())
     adapter: bool = True
     adapter_channels: int = setting(512, Positive())
     scale: float = setting(10.0, Positive())
     teacher_adapter_lr: float = setting(1e-5, Positive())
     with_kd: bool = True
     kd_temperature: float = setting(1.0, Positive())
+
+    def validate(self, prefix: str) -> None:
+        """``pool_size`` splits a batch into pools, so it goes with ``scope: batch`` only."""
+        if self.pool_size is not None and self.scope != "batch":
+            raise UserError(
+                f"config key '{prefix}pool_size': {self.pool_size} applies to scope batch only, not scope "
+                f"{self.scope!r} ({prefix}scope); allowed: null with scope image or global"
+            )
 
 
 # In the order bench runs them (after the baseline) and the README lists them.

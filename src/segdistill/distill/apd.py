@@ -19,9 +19,23 @@ if it differs), ``labels B x H x W`` (ignore 255). Reductions follow the authors
 
 Release weights: ``apd_kl`` 10, ``apd_align`` 10 (plus logit KD 10 at T=1), scale 10.
 
+Pools (``pool_size``, ``scope``): the release pools over each GPU's own batch (Cityscapes: 8 images on 4
+GPUs, 2 per pool) and DDP averages the GPUs' gradients. ``pool_size=p`` splits a process's batch into
+``G = ceil(B / p)`` groups; group ``g`` holds images ``g, g + G, g + 2G, ...``, the images rank ``g`` of
+``G`` processes gets from the sampler (rank ``r`` takes positions ``r, r + world, ...``, as torch's
+``DistributedSampler``), so one process with ``pool_size`` pools exactly what ``G`` processes pool, and
+two processes with half the batch each pool the same groups again. Each group has its own prototypes
+and its own N; each term is computed per group (``apd_kl`` divided by the group's ``images * N * h * w``,
+``apd_teacher_ce`` a mean over the group's valid pixels) and averaged over the groups that have a
+labelled pixel. (DDP averages over every rank, one without a labelled pixel adding zeros: the two agree
+whenever every pool has a labelled pixel, which the release's data filter makes sure of.)
+``scope="image"`` is a group of one image; ``pool_size`` unset (or ``>= B``) is one group, the whole
+per-process batch, computed exactly as before.
+
 Implementation: one one-hot mask ``B x K x h x w`` and batched matmuls on views pool every prototype at once
-(``normalize(mean) == normalize(sum)``, so counts are only used for presence); absent classes are
-masked with a large negative logit, so every shape is static and nothing syncs with the host.
+(``normalize(mean) == normalize(sum)``, so counts are only used for presence); groups are one reshaped
+sum of the per-image ``B x K x C`` sums; absent classes are masked with a large negative logit, so
+every shape is static and nothing syncs with the host.
 """
 
 from __future__ import annotations
@@ -70,21 +84,54 @@ def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
 
 
 def pool_prototypes(features: torch.Tensor, onehot: torch.Tensor, scope: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """L2-normalised class prototypes and presence.
+    """L2-normalised class prototypes ``K x C`` and presence ``K`` of the whole batch (scope batch) or of
+    every rank's batch (scope global).
 
-    ``features B x C x h x w`` (already normalised per pixel), ``onehot B x K x h x w``, both
-    contiguous. Returns ``(prototypes, present)``: ``K x C`` and ``K`` for scopes batch/global,
-    ``B x K x C`` and ``B x K`` for scope image. Absent prototypes are zero vectors.
-    One batched matmul ``(B x K x hw) @ (B x hw x C)`` on views: no copy of the feature map.
+    ``features B x C x h x w`` (already normalised per pixel), ``onehot B x K x h x w``. Absent
+    prototypes are zero vectors. One batched matmul ``(B x K x hw) @ (B x hw x C)`` on views: no copy
+    of the feature map.
     """
     sums = torch.bmm(onehot.flatten(2), features.flatten(2).transpose(1, 2))  # B x K x C
     counts = onehot.sum(dim=(2, 3))  # B x K
-    if scope != "image":
-        sums, counts = sums.sum(dim=0), counts.sum(dim=0)
-        if scope == "global":
-            sums = _all_reduce_sum(sums)
-            counts = _all_reduce_sum(counts.detach())
+    sums, counts = sums.sum(dim=0), counts.sum(dim=0)
+    if scope == "global":
+        sums = _all_reduce_sum(sums)
+        counts = _all_reduce_sum(counts.detach())
     return F.normalize(sums, dim=-1), counts > 0
+
+
+def group_sum(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """``B x ...`` summed over ``groups`` strided groups of rows -> ``groups x ...``: row ``i`` belongs to
+    group ``i % groups``. Zero rows pad ``B`` to a multiple of ``groups``, then one reshaped sum: no loop,
+    static shapes, deterministic."""
+    b = x.shape[0]
+    rows = -(-b // groups)  # images per group; the last groups have one fewer when B is not a multiple
+    if rows * groups != b:
+        x = torch.cat([x, x.new_zeros((rows * groups - b, *x.shape[1:]))])
+    return x.reshape(rows, groups, *x.shape[1:]).sum(dim=0)
+
+
+def per_image(x: torch.Tensor, b: int) -> torch.Tensor:
+    """A group's value for each of its images: ``G x ...`` -> ``B x ...``, row ``i`` is ``x[i % G]``
+    (the layout of :func:`group_sum`). A repeat, so its backward is a sum (no scatter)."""
+    groups = x.shape[0]
+    return x.repeat(-(-b // groups), *([1] * (x.dim() - 1)))[:b]
+
+
+def pool_group_prototypes(
+    features: torch.Tensor, onehot: torch.Tensor, groups: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prototypes ``G x K x C`` (L2-normalised, absent ones zero) and presence ``G x K`` of each of the
+    ``groups`` strided groups of images (:func:`group_sum`); inputs as for :func:`pool_prototypes`."""
+    sums = torch.bmm(onehot.flatten(2), features.flatten(2).transpose(1, 2))  # B x K x C
+    counts = onehot.sum(dim=(2, 3))  # B x K
+    return F.normalize(group_sum(sums, groups), dim=-1), group_sum(counts, groups) > 0
+
+
+def _mean_over(values: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+    """Mean of the per-group ``values`` (``G``) over the groups where ``counted``; 0 when none is."""
+    counted = counted.to(values.dtype)
+    return (values * counted).sum() / counted.sum().clamp(min=1.0)
 
 
 def adaptive_logits(features: torch.Tensor, prototypes: torch.Tensor, scale: float) -> torch.Tensor:
@@ -99,11 +146,15 @@ class APDLoss(DistillLoss):
     """Adaptive Perspective Distillation loss; see the module docstring for the formulation.
 
     ``APDLoss(num_classes, student_channels, teacher_channels, adapter=True, adapter_channels=512,
-    scale=10.0, ignore_index=255, scope="batch")``; ``loss(student_feat, teacher_feat, labels)``
-    returns ``{"apd_kl", "apd_align", "apd_teacher_ce"}`` (unweighted scalars).
+    scale=10.0, ignore_index=255, scope="batch", pool_size=None)``; ``loss(student_feat, teacher_feat,
+    labels)`` returns ``{"apd_kl", "apd_align", "apd_teacher_ce"}`` (unweighted scalars).
 
-    ``scope``: ``"batch"`` pools prototypes over the whole (per-device) batch, as the release does;
+    ``scope``: ``"batch"`` pools prototypes over the (per-device) batch, as the release does;
     ``"image"`` pools per image, as the paper's text describes; ``"global"`` pools over all DDP ranks.
+    ``pool_size`` (scope batch only): images per pool, the release's images per GPU; a batch of ``B``
+    forms ``ceil(B / pool_size)`` pools whose terms are averaged, as DDP averages the GPUs' gradients
+    (module docstring). ``None``: the whole batch is one pool. A pool without a labelled pixel
+    contributes nothing (it is left out of the means).
     The teacher adapter is trained only by ``apd_teacher_ce`` with its own Adam optimizer
     (:meth:`own_optimizers`); the student adapter is trained with the student.
     """
@@ -124,10 +175,17 @@ class APDLoss(DistillLoss):
         ignore_index: int = IGNORE_INDEX,
         scope: str = "batch",
         teacher_adapter_lr: float = 1e-5,
+        pool_size: int | None = None,
     ) -> None:
         super().__init__()
         if scope not in SCOPES:
             raise UserError(f"APD scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+        if pool_size is not None and pool_size < 1:
+            raise UserError(f"APD pool_size must be a positive number of images, got {pool_size}")
+        if pool_size is not None and scope != "batch":
+            raise UserError(
+                f"APD pool_size applies to scope batch only, got scope {scope!r} with pool_size {pool_size}"
+            )
         if not adapter and student_channels != teacher_channels:
             raise UserError(
                 f"APD without adapters needs equal feature channels, got student {student_channels} and "
@@ -139,6 +197,7 @@ class APDLoss(DistillLoss):
         self.scale = scale
         self.ignore_index = ignore_index
         self.scope = scope
+        self.pool_size = pool_size
         self.teacher_adapter_lr = teacher_adapter_lr
         self.student_adapter = make_adapter(student_channels, adapter_channels, teacher_channels) if adapter else None
         self.teacher_adapter = make_adapter(teacher_channels, adapter_channels, teacher_channels) if adapter else None
@@ -185,36 +244,82 @@ class APDLoss(DistillLoss):
             grid_labels = resize_labels(labels, size)
             onehot = one_hot_valid(grid_labels, self.num_classes, self.ignore_index, dtype)
 
+            groups = self._groups(s.shape[0])
+            if groups is not None:
+                return self._grouped_terms(s, t, onehot, labels, groups)
             p_s, present = pool_prototypes(s, onehot, self.scope)
             p_t, _ = pool_prototypes(t, onehot, self.scope)
             present_f = present.to(s.dtype)
-            mask = present if present.dim() == 2 else present[None]  # B x K or 1 x K
-            mask = mask[..., None, None]
+            mask = present[None, :, None, None]  # 1 x K x 1 x 1
 
             # The teacher's adaptive logits are computed once: detached for the student terms, with
             # gradient (to the teacher adapter only) for the teacher-side cross-entropy.
             z_t_raw = adaptive_logits(t, p_t, self.scale)
-            z_s = adaptive_logits(s, p_s, self.scale).masked_fill(~mask, _ABSENT)
-            z_t = z_t_raw.detach().masked_fill(~mask, _ABSENT)
-            log_q = F.log_softmax(z_s, dim=1)
-            log_p = F.log_softmax(z_t, dim=1)
-            kl_map = (log_p.exp() * (log_p - log_q)).sum(dim=1)  # B x h x w
+            kl_map = self._kl_map(s, p_s, z_t_raw, mask)
             pixels = size[0] * size[1]
-            if present.dim() == 2:  # per image: each image's N_b; images without a valid pixel do not count
-                n_present = present_f.sum(dim=1)
-                counted = (n_present > 0).to(dtype)
-                per_image = kl_map.sum(dim=(1, 2)) / (n_present.clamp(min=1.0) * pixels)
-                apd_kl = (per_image * counted).sum() / counted.sum().clamp(min=1.0)
-            else:
-                n_present = present_f.sum().clamp(min=1.0)
-                apd_kl = kl_map.sum() / (n_present * kl_map.shape[0] * pixels)
+            n_present = present_f.sum().clamp(min=1.0)
+            apd_kl = kl_map.sum() / (n_present * kl_map.shape[0] * pixels)
             cos = (p_s * p_t.detach()).sum(dim=-1)
             apd_align = (0.5 * (1.0 - cos) * present_f).sum() / present_f.sum().clamp(min=1.0)
 
             # Teacher-adapter term: adaptive teacher logits in K channels, absent classes 0.
-            z_t_train = z_t_raw * mask.to(t.dtype)
-            z_up = F.interpolate(z_t_train, size=labels.shape[-2:], mode="bilinear", align_corners=True)
+            z_up = self._teacher_logits_at_label_size(z_t_raw, mask, labels)
             # 'sum' is 0 when every pixel is ignored, so a batch without a valid pixel gives 0, not NaN
             ce = F.cross_entropy(z_up, labels, ignore_index=self.ignore_index, reduction="sum")
             apd_teacher_ce = ce / (labels != self.ignore_index).sum().clamp(min=1)
         return {"apd_kl": apd_kl, "apd_align": apd_align, "apd_teacher_ce": apd_teacher_ce}
+
+    def _groups(self, batch: int) -> int | None:
+        """The number of pools a batch of ``batch`` images forms, or ``None`` when it is one pool (scope
+        batch without ``pool_size`` or with ``pool_size >= batch``; scope global)."""
+        if self.scope == "image":
+            return batch
+        if self.scope == "batch" and self.pool_size is not None and self.pool_size < batch:
+            return -(-batch // self.pool_size)
+        return None
+
+    def _kl_map(self, s: torch.Tensor, p_s: torch.Tensor, z_t_raw: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Per-pixel KL(teacher || student) over the present classes: ``B x h x w``."""
+        z_s = adaptive_logits(s, p_s, self.scale).masked_fill(~mask, _ABSENT)
+        z_t = z_t_raw.detach().masked_fill(~mask, _ABSENT)
+        log_q = F.log_softmax(z_s, dim=1)
+        log_p = F.log_softmax(z_t, dim=1)
+        return (log_p.exp() * (log_p - log_q)).sum(dim=1)
+
+    def _teacher_logits_at_label_size(
+        self, z_t_raw: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """The teacher's adaptive logits in K channels (absent classes 0), upsampled to the labels."""
+        z_t_train = z_t_raw * mask.to(z_t_raw.dtype)
+        return F.interpolate(z_t_train, size=labels.shape[-2:], mode="bilinear", align_corners=True)
+
+    def _grouped_terms(
+        self, s: torch.Tensor, t: torch.Tensor, onehot: torch.Tensor, labels: torch.Tensor, groups: int
+    ) -> dict[str, torch.Tensor]:
+        """The three terms of each of ``groups`` pools (image ``i`` in pool ``i % groups``), averaged over
+        the pools with a labelled pixel: what ``groups`` GPUs of the release compute and DDP averages.
+        ``s``, ``t`` ``B x C x h x w`` normalised features, ``onehot B x K x h x w``, ``labels B x H x W``."""
+        b, _, h, w = s.shape
+        p_s, present = pool_group_prototypes(s, onehot, groups)  # G x K x C, G x K
+        p_t, _ = pool_group_prototypes(t, onehot, groups)
+        mask = per_image(present, b)[:, :, None, None]  # B x K x 1 x 1: the classes of each image's pool
+        present_f = present.to(s.dtype)
+        n_present = present_f.sum(dim=1)  # G: each pool's N
+        has_class = n_present > 0
+        images = group_sum(s.new_ones(b), groups)  # G: images per pool
+
+        z_t_raw = adaptive_logits(t, per_image(p_t, b), self.scale)
+        kl_map = self._kl_map(s, per_image(p_s, b), z_t_raw, mask)  # B x h x w
+        kl = group_sum(kl_map.sum(dim=(1, 2)), groups) / (images * n_present.clamp(min=1.0) * (h * w))
+        cos = (p_s * p_t.detach()).sum(dim=-1)  # G x K
+        align = (0.5 * (1.0 - cos) * present_f).sum(dim=1) / n_present.clamp(min=1.0)
+
+        z_up = self._teacher_logits_at_label_size(z_t_raw, mask, labels)
+        ce_map = F.cross_entropy(z_up, labels, ignore_index=self.ignore_index, reduction="none")  # B x H x W
+        valid = group_sum((labels != self.ignore_index).sum(dim=(1, 2)).to(ce_map.dtype), groups)  # G
+        ce = group_sum(ce_map.sum(dim=(1, 2)), groups) / valid.clamp(min=1.0)
+        return {
+            "apd_kl": _mean_over(kl, has_class),
+            "apd_align": _mean_over(align, has_class),
+            "apd_teacher_ce": _mean_over(ce, valid > 0),
+        }

@@ -59,14 +59,15 @@ def build_kd(ctx: MethodContext, opts: KDOptions) -> Built:
 
 
 def build_apd(ctx: MethodContext, opts: APDOptions) -> Built:
-    """APD as released: APD KL 10, prototype alignment 10, scale 10, adapters on, plus logit KD 10 (T=1)."""
+    """APD as released: APD KL 10, prototype alignment 10, scale 10, adapters on, plus logit KD 10 (T=1);
+    prototypes pooled over ``pool_size`` images (the release's images per GPU; unset: the whole batch)."""
     losses: dict[str, DistillLoss] = {
         "apd": APDLoss(
             ctx.num_classes,
             ctx.student_channels["feat"],
             ctx.teacher_channels["feat"],
             ignore_index=ctx.ignore_index,
-            **fields_of(opts, ("adapter", "adapter_channels", "scale", "scope", "teacher_adapter_lr")),
+            **fields_of(opts, ("adapter", "adapter_channels", "scale", "scope", "pool_size", "teacher_adapter_lr")),
         )
     }
     weights = {"apd": 10.0}
