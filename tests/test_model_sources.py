@@ -415,3 +415,28 @@ def test_a_missing_library_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers -> ImportError
     with pytest.raises(UserError, match=r"segdistill\[hf\]"):
         _model(source="hf", arch="SegformerForSemanticSegmentation")
+
+
+@pytest.mark.slow
+def test_two_processes_train_an_external_model_with_an_unused_head(tiny_data, tmp_path):
+    """torchrun-style, 2 gloo processes: an smp Unet with a classification head (``aux_params``) that
+    no loss reads trains and evaluates (DDP finds the parameters without gradients)."""
+    from test_distributed import launch
+
+    kwargs = {**TINY_UNET, "aux_params": {"classes": 19}}
+    args = [
+        "train",
+        "configs/synthetic/student.yaml",
+        *[o for o in common(tiny_data, tmp_path) if not o.startswith("data.batch_size")],
+        "data.batch_size=2",
+        "model.source=smp",
+        "model.arch=Unet",
+        f"model.kwargs={_yaml_map(kwargs)}",
+        "name=ddp_smp",
+    ]
+    procs = launch(2, args)
+    for p in procs:
+        p.wait(timeout=300)
+    errors = [p.stderr.read() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    assert (tmp_path / "runs/ddp_smp/summary.json").is_file()

@@ -15,6 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..config import Config, TrainConfig, config_to_dict, with_current_defaults
+from ..models import Segmentor
 from ..errors import UserError
 from .checkpoint import load_latest_checkpoint, prepare_run_dir, save_training_checkpoint
 from .distributed import (
@@ -157,7 +158,11 @@ class Trainer:
         self._loss_params = [p for g in self.optimizer.param_groups for p in g["params"] if id(p) not in student_ids]
         if self.dist.enabled:
             ids = [device.index] if device.type == "cuda" else None
-            self.task.student = DistributedDataParallel(self.model, device_ids=ids)
+            # A model from another library may compute outputs its loss does not read (transformers'
+            # UperNet auxiliary head, smp's classification head): DDP must then look for parameters
+            # without gradients (one graph traversal per step). Ours use every parameter.
+            unused = not isinstance(self.model, Segmentor)
+            self.task.student = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=unused)
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:
