@@ -1,4 +1,4 @@
-"""The training loop: SGD or AdamW + poly schedule, progress bar, metrics.jsonl, last/best checkpoints, exact resume."""
+"""The training loop: SGD or AdamW + poly schedule, progress bar, metrics.jsonl, last/best checkpoints, resume."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..config import Config, TrainConfig, config_to_dict, with_current_defaults
-from ..models import Segmentor
 from ..errors import UserError
+from ..models import Segmentor
 from .checkpoint import load_latest_checkpoint, prepare_run_dir, save_training_checkpoint
 from .distributed import (
     DistInfo,
