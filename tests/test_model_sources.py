@@ -440,3 +440,15 @@ def test_two_processes_train_an_external_model_with_an_unused_head(tiny_data, tm
     errors = [p.stderr.read() for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errors
     assert (tmp_path / "runs/ddp_smp/summary.json").is_file()
+
+
+def test_a_trained_library_model_evaluates_without_a_checkpoint(tiny_data, tmp_path, hf_folder, capsys):
+    """A model-zoo model evaluated as it is: a transformers folder needs no segdistill checkpoint; a
+    model without trained weights does."""
+    out = tmp_path / "eval.json"
+    keys = [*common(tiny_data, tmp_path), "model.source=hf", f"model.pretrained={hf_folder}"]
+    assert main(["eval", "configs/synthetic/student.yaml", *keys, "--json", str(out)]) == 0
+    assert 0.0 <= json.loads(out.read_text())["mIoU"] <= 1.0
+    capsys.readouterr()
+    assert main(["eval", "configs/synthetic/student.yaml", *common(tiny_data, tmp_path)]) == 2
+    assert "eval needs --checkpoint" in capsys.readouterr().err

@@ -224,7 +224,8 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
         predictions=predictions,
         prediction_format=args.format or "cityscapes",
     )
-    _print_metrics(console, f"{args.checkpoint} ({config.eval.mode})", metrics, _class_names(config))
+    title = args.checkpoint or config.model.weights or config.model.pretrained or config.model.arch
+    _print_metrics(console, f"{title} ({config.eval.mode})", metrics, _class_names(config))
     console.print(f"{metrics['images']} images in {metrics['seconds']:.1f} s")
     if predictions:
         console.print(f"predictions ({args.format or 'cityscapes'}) written to {predictions}")
@@ -353,7 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a checkpoint")
     ev.add_argument("config")
     ev.add_argument("overrides", nargs="*")
-    ev.add_argument("--checkpoint", required=True, help="a .pt checkpoint, .safetensors file or shipped:<name>")
+    ev.add_argument(
+        "--checkpoint",
+        help="a .pt checkpoint, .safetensors file or shipped:<name> (default: the model section's own trained "
+        "weights, e.g. a transformers folder or hub id in model.pretrained)",
+    )
     ev.add_argument("--mode", choices=["whole", "slide"])
     ev.add_argument("--scales", type=float, nargs="+")
     ev.add_argument("--flip", action="store_true")

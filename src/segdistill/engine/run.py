@@ -157,7 +157,7 @@ def evaluate_model(
 
 def run_eval(
     config: Config,
-    checkpoint: str,
+    checkpoint: str | None,
     *,
     split: str | None = None,
     console: Console | None = None,
@@ -170,10 +170,18 @@ def run_eval(
     labelIds named ``<city>_<seq>_<frame>_pred_labelIds.png``, which the official
     ``cityscapesscripts`` evaluation and the test server read; ``trainid`` writes the train ids as
     ``<name>.png``. The folder appears only when every image is written (it is filled as
-    ``<folder>.partial`` first)."""
+    ``<folder>.partial`` first). ``checkpoint`` None: the model as its section builds it, which must
+    bring trained weights (``model.weights``, an ``hf`` folder or hub id, torchvision ``kwargs.weights``:
+    a model-zoo teacher evaluated as it is)."""
+    if checkpoint is None and not has_trained_weights(config.model):
+        raise UserError(
+            "eval needs --checkpoint, or a model section with trained weights (model.weights, or for source hf "
+            "model.pretrained)"
+        )
     loader = evaluation_loader(config, split, console)
     model = build_model(config.model)
-    load_weights(model, checkpoint)
+    if checkpoint is not None:
+        load_weights(model, checkpoint)
     check_model_output(config.model, model, tuple(config.data.crop_size))
     writer = PredictionWriter(predictions, prediction_format) if predictions else None
     metrics = evaluate_model(config, model, loader, on_prediction=writer)
