@@ -156,21 +156,27 @@ def fully_labelled_copy(data: Path, root: Path) -> Path:
     return root
 
 
+def exact_overrides(tiny_overrides: list[str], tiny_data: Path, tmp_path: Path, iters: int) -> list[str]:
+    """Runs whose processes each hold as many labelled pixels: the fully labelled copy of the data,
+    no scale or rotation padding, dropout off; ``iters`` steps, each logged."""
+    return overrides(
+        tiny_overrides,
+        data__root=fully_labelled_copy(tiny_data, tmp_path / "data"),
+        data__scale="[1.0,1.0]",
+        data__rotate=0,
+        model__dropout=0,
+        train__iters=iters,
+        train__log_interval=1,
+    )
+
+
 @pytest.mark.slow
 def test_two_processes_train_like_one_with_the_whole_batch(tiny_overrides, tiny_data, tmp_path):
     """2 gloo processes with 2 images each (BatchNorm statistics all-reduced) train the same model as
     1 process with all 4: losses, weights and metrics equal within float tolerance. Per-process loss
     means equal the global mean only when every process has as many labelled pixels, so this data has
     no ignored pixels (void label ids become road; no scale/rotation padding) and dropout is off."""
-    args = overrides(
-        tiny_overrides,
-        data__root=fully_labelled_copy(tiny_data, tmp_path / "data"),
-        data__scale="[1.0,1.0]",
-        data__rotate=0,
-        model__dropout=0,
-        train__iters=4,
-        train__log_interval=1,
-    )
+    args = exact_overrides(tiny_overrides, tiny_data, tmp_path, iters=4)
 
     def records(name: str) -> list[dict]:
         lines = (tmp_path / f"runs/{name}/metrics.jsonl").read_text().splitlines()
@@ -238,15 +244,7 @@ def test_apd_pools_of_two_on_one_process_equal_four_processes(tiny_overrides, ti
     them in pool r), so the first step's losses, every APD term included, are equal to float32
     rounding. Without ``pool_size`` the one process pools all 8 images and its APD KL differs. As in the
     test above: data without ignored pixels, no scale/rotation padding, dropout off."""
-    args = overrides(
-        tiny_overrides,
-        data__root=fully_labelled_copy(tiny_data, tmp_path / "data"),
-        data__scale="[1.0,1.0]",
-        data__rotate=0,
-        model__dropout=0,
-        train__iters=1,
-        train__log_interval=1,
-    )
+    args = exact_overrides(tiny_overrides, tiny_data, tmp_path, iters=1)
     recipe = "configs/synthetic/apd.yaml"
 
     def first_step(name: str) -> dict[str, float]:

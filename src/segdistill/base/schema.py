@@ -9,6 +9,7 @@ torch, so the command line can use it while it builds its parser.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import difflib
 import math
@@ -45,17 +46,19 @@ def did_you_mean(name: str, options: Iterable[str], cutoff: float = 0.6) -> str:
 # value checks
 
 
-class Check:
+class Check(abc.ABC):
     """What a field allows. ``problem(value)`` is ``None`` for an allowed value; ``allowed`` says what
     is allowed; ``bad_examples`` are values the check refuses (the schema test feeds them back)."""
 
     allowed: str = ""
 
+    @abc.abstractmethod
     def problem(self, value: Any) -> str | None:
-        raise NotImplementedError
+        """``None`` when ``value`` is allowed, else what is wrong with it."""
 
+    @abc.abstractmethod
     def bad_examples(self) -> list[Any]:
-        raise NotImplementedError
+        """Values this check refuses."""
 
 
 @dataclass(frozen=True)
