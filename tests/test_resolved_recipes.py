@@ -15,7 +15,12 @@ A second intended schema change (issue 14): model sections name who builds the m
 ``model:`` and ``teacher:`` also list ``source``, ``arch`` and ``kwargs`` at their defaults
 (``segdistill``, null, {}: the only models the recipes could build before), and ``train:`` lists
 ``optimizer: sgd`` (the only optimizer before). Recipes added after the snapshot are stored as they
-first resolved in ``tests/data/resolved_recipes_added.json``."""
+first resolved in ``tests/data/resolved_recipes_added.json``.
+
+A third (issue 15, model-zoo checkpoints): model sections name the layout details in which the zoos
+differ and the normalisation the weights expect, so every stored model and teacher section also lists
+``align_corners: false``, ``contract_dilation: true``, ``aspp_projection: true`` and ImageNet RGB
+``input_mean``/``input_std``/``input_channels``: what every segdistill model did before."""
 
 from __future__ import annotations
 
@@ -36,6 +41,14 @@ STORED = {**SNAPSHOT, **ADDED}
 TEACHER_DEFAULTS_ADDED = {"pretrained": False, "dropout": 0.1}
 SOURCE_DEFAULTS_ADDED = {"source": "segdistill", "arch": None, "kwargs": {}}
 TRAIN_DEFAULTS_ADDED = {"optimizer": "sgd"}  # issue 14: AdamW for the transformer recipes; SGD before
+ZOO_DEFAULTS_ADDED = {  # issue 15
+    "align_corners": False,
+    "contract_dilation": True,
+    "aspp_projection": True,
+    "input_mean": [123.675, 116.28, 103.53],
+    "input_std": [58.395, 57.12, 57.375],
+    "input_channels": "rgb",
+}
 
 
 def _recipes() -> list[str]:
@@ -44,6 +57,10 @@ def _recipes() -> list[str]:
 
 def _expected(recipe: str) -> dict:
     expected = json.loads(json.dumps(STORED[recipe]))
+    if "/detection/" not in recipe:
+        for key in ("model", "teacher"):
+            if expected.get(key) is not None:
+                expected[key] = {**ZOO_DEFAULTS_ADDED, **expected[key]}
     if recipe in ADDED:
         return expected
     expected["train"] = {**TRAIN_DEFAULTS_ADDED, **expected["train"]}

@@ -234,6 +234,20 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace, console: Console) -> int:
+    from .models.zoo import convert_checkpoint, write_converted
+
+    converted = convert_checkpoint(args.src, args.zoo)
+    out = args.out or str(Path(args.src).with_suffix(".safetensors"))
+    weights, section = write_converted(converted, out)
+    console.print(f"{args.src}: {converted.title}")
+    for note in converted.notes:
+        console.print(f"  note: {note}")
+    console.print(f"wrote {weights} and its model section {section}:")
+    print(section.read_text(), end="")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace, console: Console) -> int:
     from .export import export_onnx, export_safetensors
 
@@ -371,6 +385,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--predictions", help="folder for the predictions (default runs/<name>/predictions_<format>)")
     ev.set_defaults(func=cmd_eval)
+
+    conv = sub.add_parser(
+        "convert",
+        help="convert a model-zoo checkpoint (mmsegmentation, APD release, CIRKD): safetensors + model section",
+    )
+    conv.add_argument("src", help="the zoo's .pth file")
+    conv.add_argument(
+        "--from", dest="zoo", required=True, choices=["mmseg", "apd", "cirkd"], help="the zoo it comes from"
+    )
+    conv.add_argument(
+        "--out",
+        help="the .safetensors file to write (default: SRC with .safetensors); the model "
+        "section goes beside it with .yaml",
+    )
+    conv.set_defaults(func=cmd_convert)
 
     ex = sub.add_parser("export", help="export a checkpoint's model weights")
     ex.add_argument("checkpoint")

@@ -35,6 +35,7 @@ from .base.schema import (
 )
 from .data.datasets import DATASETS
 from .errors import UserError
+from .models.input_norm import CHANNEL_ORDERS, IMAGENET_MEAN, IMAGENET_STD
 from .models.sources import SOURCES
 
 AMP_MODES = ("none", "bf16", "fp16")
@@ -70,7 +71,13 @@ class ModelConfig:
     ``backbone``, the keys from ``head`` to ``backbone_kwargs``), or another library's model named by
     ``arch`` with its keyword arguments in ``kwargs``: a ``torchvision`` segmentation builder, an
     ``smp`` architecture, an ``hf`` transformers class (or ``pretrained``: a save_pretrained folder),
-    a ``python`` callable ``package.module:callable``. ``num_classes`` and ``weights`` apply to all."""
+    a ``python`` callable ``package.module:callable``. ``num_classes`` and ``weights`` apply to all.
+
+    ``input_mean``, ``input_std`` (0-255 pixel units, in the model's channel order) and
+    ``input_channels`` (``rgb`` | ``bgr``) are the normalisation the model's weights were trained
+    with (a converted zoo checkpoint's own). The data pipeline always gives ImageNet-normalised RGB;
+    a model section with other values re-normalises its input to them inside the model, so it cannot
+    be evaluated or distilled with the wrong one."""
 
     source: str = setting("segdistill", OneOf(SOURCES))
     arch: str | None = setting(None, NonEmptyText())  # the builder / architecture / class / callable
@@ -85,7 +92,16 @@ class ModelConfig:
     aux: bool = True
     dropout: float = setting(0.1, Between(0.0, 1.0, open_high=True))
     backbone_kwargs: dict[str, Any] = setting(factory=dict)  # extra timm.create_model arguments
-    weights: str | None = None  # initial weights: a checkpoint/.safetensors path, or "shipped:<name>"
+    # the layout details in which the model zoos differ (segdistill.models.zoo):
+    align_corners: bool = False  # bilinear resizes in the head and of the logits (semseg/APD/CIRKD: true)
+    contract_dilation: bool = True  # first block of a dilated stage at the previous dilation (semseg: false)
+    aspp_projection: bool = True  # deeplabv3: a 1x1 projection after ASPP (torchvision, CIRKD; mmseg: false)
+    # initial weights: a checkpoint/.safetensors path, "shipped:<name>", or a zoo checkpoint
+    # "mmseg:<path>" | "apd:<path>" | "cirkd:<path>" converted as it is loaded
+    weights: str | None = None
+    input_mean: list[float] = setting(check=ListOf(Between(0.0, 255.0), length=3), factory=lambda: list(IMAGENET_MEAN))
+    input_std: list[float] = setting(check=ListOf(Positive(), length=3), factory=lambda: list(IMAGENET_STD))
+    input_channels: str = setting("rgb", OneOf(CHANNEL_ORDERS))
 
     def validate(self, prefix: str) -> None:
         """The keys of one source only: ``arch``/``kwargs`` name another library's model; the
@@ -124,6 +140,9 @@ SEGDISTILL_ONLY = (
     "aux",
     "dropout",
     "backbone_kwargs",
+    "align_corners",
+    "contract_dilation",
+    "aspp_projection",
 )
 ARCH_HELP = {
     "torchvision": "a torchvision.models.segmentation builder, e.g. deeplabv3_resnet101",

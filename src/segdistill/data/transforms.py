@@ -40,10 +40,9 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from segdistill.base.normalisation import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from segdistill.data.labels import IGNORE_INDEX  # noqa: E402
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 # The ImageNet mean as an RGB uint8 colour: fill value for padded / rotated-in image pixels.
 MEAN_FILL: tuple[int, int, int] = (124, 116, 104)
 

@@ -18,7 +18,9 @@ from ..data.sampling import EpochBatchSampler, SeededSamples
 from ..data.transforms import seed_worker, train_transform
 from ..errors import UserError
 from ..models import build_segmentor
+from ..models.input_norm import renormalise_input
 from ..models.sources import build_hf, build_python, build_smp, build_torchvision, check_segmentation_output
+from ..models.zoo import ZOOS, convert_checkpoint
 from .checkpoint import load_model_weights, load_weights_file
 from .evaluator import collate_eval
 
@@ -85,13 +87,18 @@ SEGMENTOR_OPTIONS = (
     "aux",
     "dropout",
     "backbone_kwargs",
+    "align_corners",
+    "contract_dilation",
+    "aspp_projection",
 )
 
 
 def build_model(cfg: ModelConfig, num_classes: int | None = None, *, key: str = "model") -> nn.Module:
-    """Build the model of a model (or teacher, ``key``) section from its ``source`` and load
-    ``cfg.weights`` if set."""
+    """Build the model of a model (or teacher, ``key``) section from its ``source``, load
+    ``cfg.weights`` if set (a zoo checkpoint is converted first, and must fit the section), and make
+    it apply its own input normalisation when the section names one."""
     classes = num_classes or cfg.num_classes
+    zoo_state = zoo_weights(cfg, key) if cfg.weights and is_zoo_spec(cfg.weights) else None
     if cfg.source == "segdistill":
         model: nn.Module = build_segmentor(cfg.head, cfg.backbone, classes, **fields_of(cfg, SEGMENTOR_OPTIONS))
     elif cfg.source == "hf":
@@ -99,9 +106,39 @@ def build_model(cfg: ModelConfig, num_classes: int | None = None, *, key: str = 
     else:
         assert cfg.arch is not None  # ModelConfig.validate
         model = LIBRARY_BUILDERS[cfg.source](cfg.arch, classes, cfg.kwargs, key)
-    if cfg.weights:
+    if zoo_state is not None:
+        load_model_weights(model, zoo_state, cfg.weights)
+    elif cfg.weights:
         load_weights(model, cfg.weights)
+    renormalise_input(model, cfg.input_mean, cfg.input_std, cfg.input_channels)
     return model
+
+
+def is_zoo_spec(spec: str) -> bool:
+    """``mmseg:<path>``, ``apd:<path>`` or ``cirkd:<path>``."""
+    return spec.split(":", 1)[0] in ZOOS and ":" in spec
+
+
+def zoo_weights(cfg: ModelConfig, key: str) -> dict[str, torch.Tensor]:
+    """Convert the zoo checkpoint ``cfg.weights`` names and check that the section describes the
+    architecture (and the normalisation) it needs; one line naming the first key that differs."""
+    assert cfg.weights is not None
+    zoo, path = cfg.weights.split(":", 1)
+    converted = convert_checkpoint(path, zoo)
+    for name, wanted in converted.section.items():
+        have = getattr(cfg, name)
+        if name == "aux" and not have:
+            continue  # a model without the auxiliary head: its weights are left out
+        if name in ("input_mean", "input_std"):
+            same = len(have) == len(wanted) and all(abs(a - b) <= 1e-6 * abs(b) for a, b in zip(have, wanted))
+        else:
+            same = have == wanted
+        if not same:
+            raise UserError(
+                f"{key}.weights {cfg.weights} is a {converted.title}: it needs {key}.{name}={wanted!r}, "
+                f"the config has {have!r} (`segdistill convert {path} --from {zoo}` prints the whole section)"
+            )
+    return converted.state
 
 
 def check_model_output(cfg: ModelConfig, model: nn.Module, size: tuple[int, int], key: str = "model") -> None:
@@ -115,9 +152,13 @@ LIBRARY_BUILDERS = {"torchvision": build_torchvision, "smp": build_smp, "python"
 
 
 def load_weights(model: nn.Module, spec: str) -> None:
-    """Load ``spec`` into ``model``: ``shipped:<name>`` (checksum-verified) or a file path."""
+    """Load ``spec`` into ``model``: ``shipped:<name>`` (checksum-verified), a zoo checkpoint
+    (``mmseg:<path>``, ``apd:<path>``, ``cirkd:<path>``, converted) or a file path."""
     if spec.startswith("shipped:"):
         state, source = load_shipped(spec.split(":", 1)[1])
+    elif is_zoo_spec(spec):
+        zoo, path = spec.split(":", 1)
+        state, source = convert_checkpoint(path, zoo).state, spec
     else:
         state, source = load_weights_file(spec), spec
     load_model_weights(model, state, source)

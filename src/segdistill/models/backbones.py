@@ -16,17 +16,30 @@ KNOWN_BACKBONES = ("resnet18d", "resnet50d", "resnet101d", "mobilenetv2_100", "e
 
 
 class TimmBackbone(nn.Module):
-    """Returns the last two feature levels of a timm model: ``[stage3, stage4]``.
+    """Returns the last two feature levels of a timm model: ``[stage3, stage4]``, and with
+    ``low_level=True`` first the stride-4 level: ``[stage1, stage3, stage4]`` (for DeepLabV3+).
 
     Extra keyword arguments go to ``timm.create_model`` (e.g. ``channels=(32, 64, 128, 256),
-    stem_width=16`` for a half-width ResNet).
+    stem_width=16`` for a half-width ResNet; ``stem_type="deep", stem_width=64`` for the 64-64-128
+    deep stem of the semseg / APD / CIRKD ResNets).
 
     With output stride 8 both are ``B x C_i x H/8 x W/8`` (the last two stages are dilated).
-    ``channels`` gives ``(C_stage3, C_stage4)``.
+    ``channels`` gives ``(C_stage3, C_stage4)`` (``low_channels``: the stride-4 level's).
+
+    ``contract_dilation=True`` (timm, mmsegmentation, CIRKD): the first block of a dilated stage
+    keeps the previous stage's dilation. ``False`` (semseg / APD PSPNet): every 3x3 conv of the stage
+    uses the stage's dilation; ResNet backbones only.
     """
 
     def __init__(
-        self, name: str, output_stride: int = 8, pretrained: bool | str = False, **timm_kwargs: object
+        self,
+        name: str,
+        output_stride: int = 8,
+        pretrained: bool | str = False,
+        *,
+        low_level: bool = False,
+        contract_dilation: bool = True,
+        **timm_kwargs: object,
     ) -> None:
         super().__init__()
         if output_stride not in (8, 16, 32):
@@ -47,8 +60,10 @@ class TimmBackbone(nn.Module):
         try:
             probe = timm.create_model(name, features_only=True, pretrained=False, **timm_kwargs)
             levels = len(probe.feature_info)
-            del probe
             kwargs["out_indices"] = (levels - 2, levels - 1)
+            if low_level:
+                kwargs["out_indices"] = (_stride4_level(probe.feature_info.reduction(), name), levels - 2, levels - 1)
+            del probe
             self.body = timm.create_model(name, pretrained=use_pretrained, **kwargs)
         except TypeError as exc:  # an argument the timm model does not take
             raise UserError(f"backbone {name!r} does not accept {sorted(timm_kwargs)}: {exc}") from exc
@@ -62,7 +77,11 @@ class TimmBackbone(nn.Module):
             ) from exc
         self.name = name
         self.output_stride = output_stride
-        self.channels: tuple[int, int] = tuple(self.body.feature_info.channels())  # type: ignore[assignment]
+        channels = tuple(self.body.feature_info.channels())
+        self.low_channels: int | None = channels[0] if low_level else None
+        self.channels: tuple[int, int] = channels[-2:]  # type: ignore[assignment]
+        if not contract_dilation:
+            _dilate_first_blocks(self.body, name)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.body(x)
@@ -75,3 +94,25 @@ def _check_weights_file(path: Path) -> None:
         load_weights_file(path)
     except UserError as exc:
         raise UserError(f"pretrained backbone weights: {exc} (an interrupted download? fetch the file again)") from exc
+
+
+def _stride4_level(reductions: list[int], name: str) -> int:
+    """Index of the feature level at stride 4 (DeepLabV3+'s low-level features)."""
+    if 4 not in reductions:
+        raise UserError(f"backbone {name!r} has no stride-4 feature level (DeepLabV3+ needs one): {reductions}")
+    return reductions.index(4)
+
+
+def _dilate_first_blocks(body: nn.Module, name: str) -> None:
+    """semseg's dilation: the first block of each dilated ResNet stage gets the stage's dilation too
+    (timm gives it the previous stage's). Bottleneck blocks dilate ``conv2``, basic blocks ``conv1``."""
+    stages = [getattr(body, f"layer{i}", None) for i in (1, 2, 3, 4)]
+    if any(stage is None or len(stage) < 2 for stage in stages):
+        raise UserError(f"contract_dilation: false applies to ResNet backbones; {name!r} is not one")
+    for stage in stages:
+        first, second = stage[0], stage[1]
+        conv = "conv2" if hasattr(first, "conv3") else "conv1"
+        dilation = getattr(second, conv).dilation
+        target = getattr(first, conv)
+        if target.dilation != dilation:
+            target.dilation, target.padding = dilation, dilation

@@ -1,0 +1,204 @@
+"""Convert a model-zoo checkpoint (mmsegmentation, the APD release, CIRKD) into segdistill's layout.
+
+``convert_checkpoint(path, zoo)`` reads the file safely (``torch.load(weights_only=True)``: pickled
+code is refused), unwraps its metadata (``{"meta", "state_dict"}``, ``{"epoch", "state_dict",
+"optimizer"}``, a bare state dict; a DataParallel ``module.`` prefix), recognises the model family
+and depth from the keys, maps every key (:mod:`.layouts`), builds the matching segdistill model and
+checks that every key and shape fits it. The result carries the state dict and the model section
+that builds that model, with the normalisation the checkpoint was trained with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from ...base.weights_io import load_checkpoint
+from ...errors import UserError
+from ..segmentor import build_segmentor
+from .layouts import LAYOUTS, Layout
+
+ZOOS = ("mmseg", "apd", "cirkd")
+ZOO_NAMES = {"mmseg": "mmsegmentation", "apd": "the APD release (semseg layout)", "cirkd": "CIRKD"}
+DEPTHS = {6: 50, 23: 101, 36: 152}  # blocks in ResNet stage 3 -> depth
+ARCH_KEYS = (
+    "head",
+    "backbone",
+    "output_stride",
+    "head_channels",
+    "ppm_channels",
+    "aux",
+    "backbone_kwargs",
+    "align_corners",
+    "contract_dilation",
+    "aspp_projection",
+)
+
+
+@dataclass
+class Converted:
+    """A converted checkpoint: ``state`` in segdistill keys, ``section`` the model section that
+    builds the model it fits (``source: segdistill`` keys, the normalisation included)."""
+
+    source: Path
+    zoo: str
+    family: str
+    depth: int
+    state: dict[str, torch.Tensor]
+    section: dict
+    notes: tuple[str, ...] = ()
+
+    @property
+    def title(self) -> str:
+        return f"{self.family} R{self.depth} ({ZOO_NAMES[self.zoo]}), {self.section['num_classes']} classes"
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The model weights of a zoo file: its ``state_dict`` (or ``model``) entry, or the file itself
+    when it is a bare state dict; a ``module.`` prefix on every key is removed."""
+    obj = load_checkpoint(path)
+    state = obj
+    for entry in ("state_dict", "model"):
+        if isinstance(obj.get(entry), dict):
+            state = obj[entry]
+            break
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not tensors or len(tensors) != len(state):
+        raise UserError(f"{path} holds no model state dict (top-level keys: {sorted(obj)[:6]})")
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
+    return tensors
+
+
+def identify(keys: list[str]) -> list[Layout]:
+    """The layouts whose signature the keys carry."""
+    found = []
+    for layout in LAYOUTS:
+        has = all(any(k.startswith(p) for k in keys) for p in layout.signature)
+        lacks = not any(k.startswith(p) for k in keys for p in layout.absent)
+        if has and lacks:
+            found.append(layout)
+    return found
+
+
+def convert_checkpoint(path: str | Path, zoo: str) -> Converted:
+    """Read ``path`` as a checkpoint of ``zoo`` (``mmseg`` | ``apd`` | ``cirkd``) and convert it.
+
+    Raises :class:`UserError` (one line naming the file and the first keys that differ) for a file
+    of another zoo or family, missing or extra keys, shapes that do not fit, a truncated file."""
+    path = Path(path)
+    if zoo not in ZOOS:
+        raise UserError(f"unknown model zoo {zoo!r}; choose one of: {', '.join(ZOOS)}")
+    state = read_state_dict(path)
+    keys = list(state)
+    layouts = identify(keys)
+    ours = [layout for layout in layouts if layout.zoo == zoo]
+    if not ours:
+        if layouts:
+            other = layouts[0]
+            raise UserError(
+                f"{path} is a {other.family} checkpoint of {ZOO_NAMES[other.zoo]}, not of {ZOO_NAMES[zoo]}; "
+                f"convert it with --from {other.zoo} (weights: {other.zoo}:{path})"
+            )
+        families = ", ".join(sorted({f"{lay.family}" for lay in LAYOUTS if lay.zoo == zoo}))
+        raise UserError(
+            f"{path} is not a {ZOO_NAMES[zoo]} checkpoint of a known family ({families}); its first keys: {keys[:4]}"
+        )
+    layout = ours[0]
+    depth = _depth(path, keys, layout)
+    mapped: dict[str, torch.Tensor] = {}
+    unmapped = []
+    for key, value in state.items():
+        target = layout.map_key(key)
+        if target is None:
+            unmapped.append(key)
+        else:
+            mapped[target] = value
+    if unmapped:
+        raise UserError(
+            f"{path}: keys that a {layout.family} R{depth} of {ZOO_NAMES[zoo]} does not have: {unmapped[:4]}"
+        )
+    classifier = mapped.get("head.classifier.weight")
+    if classifier is None:
+        raise UserError(f"{path}: no classifier weight (the {layout.family} layout's conv_seg / cls) found")
+    section = {"source": "segdistill", **layout.section, "num_classes": int(classifier.shape[0])}
+    section["backbone"] = section["backbone"].format(depth=depth)
+    section["head_channels"] = int(classifier.shape[1])
+    if "ppm_channels" in section and "head.ppm.0.1.0.weight" in mapped:
+        section["ppm_channels"] = int(mapped["head.ppm.0.1.0.weight"].shape[0])
+    section["aux"] = any(k.startswith("aux_head.") for k in mapped)
+    if layout.adjust is not None:
+        section = layout.adjust(section)
+    _check_fits(path, mapped, section, layout, depth)
+    if layout.rewrite is not None:
+        mapped = layout.rewrite(mapped)
+    return Converted(path, zoo, layout.family, depth, mapped, section, layout.notes)
+
+
+def _depth(path: Path, keys: list[str], layout: Layout) -> int:
+    blocks = {k[len(layout.blocks_key) :].split(".", 1)[0] for k in keys if k.startswith(layout.blocks_key)}
+    count = len(blocks)
+    if count not in DEPTHS:
+        raise UserError(f"{path}: ResNet stage 3 has {count} blocks; known depths: 50 (6), 101 (23), 152 (36)")
+    return DEPTHS[count]
+
+
+def build_from_section(section: dict) -> torch.nn.Module:
+    """The segdistill model a converted section describes (random weights)."""
+    return build_segmentor(
+        section["head"],
+        section["backbone"],
+        section["num_classes"],
+        **{k: section[k] for k in ARCH_KEYS if k in section and k not in ("head", "backbone")},
+    )
+
+
+def _check_fits(path: Path, state: dict[str, torch.Tensor], section: dict, layout: Layout, depth: int) -> None:
+    """Every key of the segdistill model present with its shape, no key left over.
+
+    BatchNorm's ``num_batches_tracked`` counters (used by no forward pass) are filled with 0 when a
+    checkpoint predates them."""
+    own = build_from_section(section).state_dict()
+    for key, value in own.items():
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = torch.zeros_like(value)
+    what = f"{path}: a {layout.family} R{depth} of {ZOO_NAMES[layout.zoo]}"
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    if missing:
+        raise UserError(f"{what} needs keys the file lacks (in segdistill names): {missing[:4]}")
+    if extra:
+        raise UserError(f"{what} has no place for keys (in segdistill names): {extra[:4]}")
+    for key, value in own.items():
+        if state[key].shape != value.shape:
+            raise UserError(
+                f"{what}: {key} has shape {tuple(state[key].shape)}, the architecture needs {tuple(value.shape)}"
+            )
+    for key, value in list(state.items()):
+        state[key] = value.to(own[key].dtype).contiguous()
+
+
+def write_converted(converted: Converted, out: str | Path) -> tuple[Path, Path]:
+    """Write ``out`` (safetensors) and ``out`` with ``.yaml`` (the model section, ``weights: out``),
+    each through a temporary file renamed into place: never a half-written result."""
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise UserError(f"--out must end in .safetensors, got {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"converted_from": str(converted.source), "zoo": converted.zoo, "family": converted.family}
+    tmp = out.with_name(out.name + ".tmp")
+    save_file(converted.state, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
+    os.replace(tmp, out)
+    section_path = out.with_suffix(".yaml")
+    section = {**converted.section, "weights": str(out)}
+    text = f"# {converted.title}, converted from {converted.source}\n" + yaml.safe_dump(section, sort_keys=False)
+    tmp_yaml = section_path.with_name(section_path.name + ".tmp")
+    tmp_yaml.write_text(text)
+    os.replace(tmp_yaml, section_path)
+    return out, section_path
