@@ -23,7 +23,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise UserError(f"refusing to load {path}: it holds pickled objects beyond tensors ({exc})") from exc
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else "")
+        detail = detail.split(". Please use", 1)[0]
+        raise UserError(f"refusing to load {path}: it holds pickled objects beyond tensors ({detail})") from exc
     except Exception as exc:  # noqa: BLE001 - whatever a damaged zip or pickle stream raises
         detail = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise UserError(f"checkpoint {path} is corrupt or truncated: {detail}") from exc

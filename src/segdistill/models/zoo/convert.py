@@ -164,10 +164,11 @@ def _check_fits(path: Path, state: dict[str, torch.Tensor], section: dict, layou
 
     BatchNorm's ``num_batches_tracked`` counters (used by no forward pass) are filled with 0 when a
     checkpoint predates them."""
-    own = build_from_section(section).state_dict()
+    with torch.device("meta"):  # shapes and dtypes only: no memory, no initialisation
+        own = build_from_section(section).state_dict()
     for key, value in own.items():
         if key.endswith("num_batches_tracked") and key not in state:
-            state[key] = torch.zeros_like(value)
+            state[key] = torch.zeros(value.shape, dtype=value.dtype)
     what = f"{path}: a {layout.family} R{depth} of {ZOO_NAMES[layout.zoo]}"
     missing = [k for k in own if k not in state]
     extra = [k for k in state if k not in own]

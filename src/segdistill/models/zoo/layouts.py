@@ -18,7 +18,7 @@ import torch
 
 from ..input_norm import IMAGENET_MEAN, IMAGENET_STD
 
-Rules = list[tuple[str, str]]
+Rules = list[tuple[str, "str | Callable[[re.Match], str]"]]
 Rewrite = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 
@@ -181,8 +181,9 @@ APD_PSPNET = Layout(
     blocks_key="layer3.",
     adjust=_apd_dilation,
 )
-# hszhao/semseg's PSPNet (the layout of the PSPNet teachers the APD README points to): the 3x3
-# bottleneck sits in ``cls`` (``cls.0``/``cls.1``, the classifier ``cls.4``), not in ``ppm.merge``.
+# hszhao/semseg's PSPNet, which the release's PSPNet derives from (and whose trained models users
+# have): the 3x3 bottleneck sits in ``cls`` (``cls.0``/``cls.1``, the classifier ``cls.4``), not in
+# ``ppm.merge``. The release's own teacher files load into its ``ppm.merge`` layout (APD_PSPNET).
 SEMSEG_PSPNET = Layout(
     zoo="apd",
     family="pspnet",
@@ -218,6 +219,65 @@ APD_DEEPLABV3 = Layout(
     notes=("the bottleneck's input channels are reordered: the release concatenates the image pool first",),
 )
 
+# --- CIRKD (winycg/CIRKD): ResNetV1b deep stem 64-64-128 (``resnet*_v1s``), contracted dilation -----
+CIRKD_BACKBONE: Rules = [
+    (r"^pretrained\.conv1\.", "backbone.body.conv1.0."),
+    (r"^pretrained\.bn1\.", "backbone.body.conv1.1."),
+    (r"^pretrained\.conv2\.", "backbone.body.conv1.3."),
+    (r"^pretrained\.bn2\.", "backbone.body.conv1.4."),
+    (r"^pretrained\.conv3\.", "backbone.body.conv1.6."),
+    (r"^pretrained\.bn3\.", "backbone.body.bn1."),
+    (r"^pretrained\.(layer[1-4])\.", r"backbone.body.\1."),
+    (r"^auxlayer\.block\.0\.", "aux_head.bottleneck.0."),
+    (r"^auxlayer\.block\.1\.", "aux_head.bottleneck.1."),
+    (r"^auxlayer\.block\.4\.", "aux_head.classifier."),
+]
+CIRKD_SECTION = {
+    "backbone": "resnet{depth}s",
+    "output_stride": 8,
+    "aux": True,
+    "align_corners": True,
+    "contract_dilation": True,
+    # dataset/cityscapes.py: cv2's BGR, 0-255, the Caffe mean subtracted, no division
+    "input_mean": [104.00698793, 116.66876762, 122.67891434],
+    "input_std": [1.0, 1.0, 1.0],
+    "input_channels": "bgr",
+}
+CIRKD_DEEPLABV3 = Layout(
+    zoo="cirkd",
+    family="deeplabv3",
+    signature=("pretrained.conv1.", "head.aspp."),
+    absent=(),
+    rules=CIRKD_BACKBONE
+    + [
+        (r"^head\.aspp\.b0\.", "head.branches.0."),
+        (r"^head\.aspp\.b([1-3])\.block\.", r"head.branches.\1."),
+        (r"^head\.aspp\.b4\.gap\.1\.", "head.image_pool.1.0."),
+        (r"^head\.aspp\.b4\.gap\.2\.", "head.image_pool.1.1."),
+        (r"^head\.aspp\.project\.", "head.project."),
+        (r"^head\.block\.0\.", "head.bottleneck.0."),
+        (r"^head\.block\.1\.", "head.bottleneck.1."),
+        (r"^head\.block\.4\.", "head.classifier."),
+    ],
+    section={"head": "deeplabv3", **CIRKD_SECTION, "aspp_projection": True},
+    blocks_key="pretrained.layer3.",
+)
+CIRKD_PSPNET = Layout(
+    zoo="cirkd",
+    family="pspnet",
+    signature=("pretrained.conv1.", "head.psp."),
+    absent=(),
+    rules=CIRKD_BACKBONE
+    + [
+        (r"^head\.psp\.conv([1-4])\.", lambda m: f"head.ppm.{int(m.group(1)) - 1}.1."),
+        (r"^head\.block\.0\.", "head.bottleneck.0."),
+        (r"^head\.block\.1\.", "head.bottleneck.1."),
+        (r"^head\.classifier\.", "head.classifier."),
+    ],
+    section={"head": "pspnet", **CIRKD_SECTION, "ppm_channels": 512},
+    blocks_key="pretrained.layer3.",
+)
+
 LAYOUTS: list[Layout] = [
     MMSEG_PSPNET,
     MMSEG_DEEPLABV3,
@@ -225,4 +285,6 @@ LAYOUTS: list[Layout] = [
     APD_PSPNET,
     SEMSEG_PSPNET,
     APD_DEEPLABV3,
+    CIRKD_DEEPLABV3,
+    CIRKD_PSPNET,
 ]
