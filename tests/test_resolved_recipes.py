@@ -20,7 +20,9 @@ first resolved in ``tests/data/resolved_recipes_added.json``.
 A third (issue 15, model-zoo checkpoints): model sections name the layout details in which the zoos
 differ and the normalisation the weights expect, so every stored model and teacher section also lists
 ``align_corners: false``, ``contract_dilation: true``, ``aspp_projection: true`` and ImageNet RGB
-``input_mean``/``input_std``/``input_channels``: what every segdistill model did before."""
+``input_mean``/``input_std``/``input_channels``: what every segdistill model did before; and the
+evaluation names two more protocol details, ``eval.keep_ratio: null`` (no mmsegmentation resize) and
+``eval.window_merge: logits`` (the only merge before)."""
 
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ STORED = {**SNAPSHOT, **ADDED}
 TEACHER_DEFAULTS_ADDED = {"pretrained": False, "dropout": 0.1}
 SOURCE_DEFAULTS_ADDED = {"source": "segdistill", "arch": None, "kwargs": {}}
 TRAIN_DEFAULTS_ADDED = {"optimizer": "sgd"}  # issue 14: AdamW for the transformer recipes; SGD before
+EVAL_DEFAULTS_ADDED = {"keep_ratio": None, "window_merge": "logits"}  # issue 15
 ZOO_DEFAULTS_ADDED = {  # issue 15
     "align_corners": False,
     "contract_dilation": True,
@@ -58,6 +61,7 @@ def _recipes() -> list[str]:
 def _expected(recipe: str) -> dict:
     expected = json.loads(json.dumps(STORED[recipe]))
     if "/detection/" not in recipe:
+        expected["eval"] = {**EVAL_DEFAULTS_ADDED, **expected["eval"]}
         for key in ("model", "teacher"):
             if expected.get(key) is not None:
                 expected[key] = {**ZOO_DEFAULTS_ADDED, **expected[key]}

@@ -258,3 +258,32 @@ def test_semseg_dilation_dilates_every_block() -> None:
     assert semseg_style.layer3[0].conv2.padding == (2, 2) and semseg_style.layer4[1].conv2.dilation == (4, 4)
     with pytest.raises(UserError, match="applies to ResNet backbones"):
         TimmBackbone("mobilenetv2_100", contract_dilation=False)
+
+
+# recipe -> (reference case, the section that takes the zoo weights)
+ZOO_RECIPES = {
+    "mmseg_pspnet_r101_teacher": ("mmseg-pspnet", "model"),
+    "cirkd_deeplabv3_r101_teacher": ("cirkd-deeplabv3", "model"),
+    "apd_pspnet_r101_teacher": ("apd-pspnet", "model"),
+    "apd_mmseg_pspnet_r101": ("mmseg-pspnet", "teacher"),
+    "apd_cirkd_deeplabv3_r101": ("cirkd-deeplabv3", "teacher"),
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(ZOO_RECIPES))
+def test_cityscapes_zoo_recipes_fit_their_checkpoints(recipe: str, tmp_path: Path) -> None:
+    """Each recipe's model section is the one its zoo's R101 file needs: the file (keys and shapes of
+    the real one, uninitialised values) loads through ``weights: <zoo>:PATH`` without a complaint."""
+    case, key = ZOO_RECIPES[recipe]
+    module, zoo, family, kwargs, classes = CASES[case]
+    with torch.device("meta"):
+        source = module.build(family, 101, classes, **kwargs)
+    module.save_checkpoint(source.to_empty(device="cpu"), tmp_path / "zoo.pth")
+    config = load_config(
+        Path(__file__).resolve().parents[1] / "configs" / "cityscapes" / f"{recipe}.yaml",
+        [f"{key}.weights={zoo}:{tmp_path / 'zoo.pth'}", "model.pretrained=false"],
+    )
+    section = getattr(config, key)
+    assert section.weights.startswith(f"{zoo}:")
+    model = build_model(section, key=key)
+    assert sum(p.numel() for p in model.parameters()) > 40_000_000  # a ResNet-101 teacher

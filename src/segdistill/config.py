@@ -34,6 +34,7 @@ from .base.schema import (
     setting,
 )
 from .data.datasets import DATASETS
+from .engine.inference import WINDOW_MERGES
 from .errors import UserError
 from .models.input_norm import CHANNEL_ORDERS, IMAGENET_MEAN, IMAGENET_STD
 from .models.sources import SOURCES
@@ -193,7 +194,19 @@ class EvalConfig:
     base_size: int | None = setting(
         None, Positive()
     )  # resize the long side to base_size x scale first (PSPNet-style test)
+    # [long, short]: resize each image by min(long / its long side, short / its short side) first,
+    # mmsegmentation's Resize(img_scale, keep_ratio=True) (ADE20K [2048, 512], PASCAL-Context [520, 520])
+    keep_ratio: list[int] | None = setting(None, SIZE_PAIR)
+    # slide windows merged as mmsegmentation does (logits averaged) or as semseg / the APD release do
+    # (softmax per window, flip inside each window, centred padding)
+    window_merge: str = setting("logits", OneOf(WINDOW_MERGES))
     batch_size: int = setting(8, Positive())
+
+    def validate(self, prefix: str) -> None:
+        if self.keep_ratio and self.base_size:
+            raise UserError(
+                f"config keys {prefix}keep_ratio and {prefix}base_size both resize the image; set one of them"
+            )
 
 
 @dataclass

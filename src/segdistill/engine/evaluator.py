@@ -26,6 +26,8 @@ def evaluate(
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     base_size: int | None = None,
+    keep_ratio: Sequence[int] | None = None,
+    window_merge: str = "logits",
     ignore_index: int = IGNORE_INDEX,
     on_batch: Callable[[int], None] | None = None,
     on_prediction: Callable[[list[str], torch.Tensor], None] | None = None,
@@ -50,6 +52,8 @@ def evaluate(
                     scales=scales,
                     flip=flip,
                     base_size=base_size,
+                    keep_ratio=keep_ratio,
+                    window_merge=window_merge,
                 )
                 prediction = scores.argmax(dim=1)
                 matrix.update(prediction, labels)
@@ -95,4 +99,6 @@ def protocol(config) -> dict:
         "scales": cfg.scales,
         "flip": cfg.flip,
         "base_size": cfg.base_size,
+        "keep_ratio": cfg.keep_ratio,
+        "window_merge": cfg.window_merge,
     }

@@ -25,7 +25,7 @@ from ..segmentor import build_segmentor
 from .layouts import LAYOUTS, Layout
 
 ZOOS = ("mmseg", "apd", "cirkd")
-ZOO_NAMES = {"mmseg": "mmsegmentation", "apd": "the APD release (semseg layout)", "cirkd": "CIRKD"}
+ZOO_NAMES = {"mmseg": "mmsegmentation", "apd": "the APD release (or semseg)", "cirkd": "CIRKD"}
 DEPTHS = {6: 50, 23: 101, 36: 152}  # blocks in ResNet stage 3 -> depth
 ARCH_KEYS = (
     "head",
@@ -38,6 +38,18 @@ ARCH_KEYS = (
     "align_corners",
     "contract_dilation",
     "aspp_projection",
+)
+# the order of a written model section's keys
+SECTION_ORDER = (
+    "source",
+    "head",
+    "backbone",
+    "num_classes",
+    *(k for k in ARCH_KEYS if k not in ("head", "backbone")),
+    "input_mean",
+    "input_std",
+    "input_channels",
+    "weights",
 )
 
 
@@ -54,9 +66,12 @@ class Converted:
     section: dict
     notes: tuple[str, ...] = ()
 
+    layout: str = ""
+
     @property
     def title(self) -> str:
-        return f"{self.family} R{self.depth} ({ZOO_NAMES[self.zoo]}), {self.section['num_classes']} classes"
+        who = self.layout or ZOO_NAMES[self.zoo]
+        return f"{self.family} R{self.depth} ({who}), {self.section['num_classes']} classes"
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -138,7 +153,8 @@ def convert_checkpoint(path: str | Path, zoo: str) -> Converted:
     _check_fits(path, mapped, section, layout, depth)
     if layout.rewrite is not None:
         mapped = layout.rewrite(mapped)
-    return Converted(path, zoo, layout.family, depth, mapped, section, layout.notes)
+    section = {k: section[k] for k in SECTION_ORDER if k in section}
+    return Converted(path, zoo, layout.family, depth, mapped, section, layout.notes, layout.source)
 
 
 def _depth(path: Path, keys: list[str], layout: Layout) -> int:
@@ -198,7 +214,8 @@ def write_converted(converted: Converted, out: str | Path) -> tuple[Path, Path]:
     os.replace(tmp, out)
     section_path = out.with_suffix(".yaml")
     section = {**converted.section, "weights": str(out)}
-    text = f"# {converted.title}, converted from {converted.source}\n" + yaml.safe_dump(section, sort_keys=False)
+    body = yaml.safe_dump(section, sort_keys=False, default_flow_style=None)
+    text = f"# {converted.title}, converted from {converted.source}\n" + body
     tmp_yaml = section_path.with_name(section_path.name + ".tmp")
     tmp_yaml.write_text(text)
     os.replace(tmp_yaml, section_path)

@@ -4,7 +4,8 @@ A layout maps each source key by the first matching ``(pattern, replacement)`` r
 names the segdistill architecture that takes the result (the model section), and may rearrange a
 weight whose layout differs (the ASPP concatenation order). Sources: mmsegmentation
 (``mmseg/models/backbones/resnet.py`` ``ResNetV1c``, ``decode_heads/{psp,aspp,sep_aspp,fcn}_head.py``),
-the APD release (``model/pspnet.py``, ``model/resnet.py``; the semseg layout), CIRKD
+the APD release (``model/pspnet.py``, ``model/deeplabv3.py``, ``model/resnet.py``) and semseg
+(``model/pspnet.py``, whose layout the release derives from), CIRKD
 (``models/deeplabv3.py``, ``models/base_models/resnetv1b.py``).
 """
 
@@ -27,6 +28,7 @@ class Layout:
     """One zoo's model family: how to recognise its keys, map them, and build its architecture."""
 
     zoo: str
+    source: str  # who wrote this layout, for messages: mmsegmentation, the APD release, semseg, CIRKD
     family: str  # pspnet | deeplabv3 | deeplabv3plus
     signature: tuple[str, ...]  # key prefixes every checkpoint of this family has
     absent: tuple[str, ...]  # key prefixes it never has (tells deeplabv3 from deeplabv3plus)
@@ -90,6 +92,7 @@ MMSEG_SECTION = {
 }
 MMSEG_PSPNET = Layout(
     zoo="mmseg",
+    source="mmsegmentation",
     family="pspnet",
     signature=("backbone.stem.", "decode_head.psp_modules."),
     absent=(),
@@ -104,6 +107,7 @@ MMSEG_PSPNET = Layout(
 )
 MMSEG_DEEPLABV3 = Layout(
     zoo="mmseg",
+    source="mmsegmentation",
     family="deeplabv3",
     signature=("backbone.stem.", "decode_head.aspp_modules.", "decode_head.image_pool."),
     absent=("decode_head.c1_bottleneck.",),
@@ -120,6 +124,7 @@ MMSEG_DEEPLABV3 = Layout(
 )
 MMSEG_DEEPLABV3PLUS = Layout(
     zoo="mmseg",
+    source="mmsegmentation",
     family="deeplabv3plus",
     signature=("backbone.stem.", "decode_head.aspp_modules.", "decode_head.c1_bottleneck."),
     absent=(),
@@ -138,7 +143,7 @@ MMSEG_DEEPLABV3PLUS = Layout(
     notes=("the ASPP bottleneck's input channels are reordered: mmseg concatenates the image pool first",),
 )
 
-# --- the APD release (dvlab-research/APD, semseg layout): deep-base ResNet 64-64-128 ------------------
+# --- the APD release (dvlab-research/APD) and semseg: deep-base ResNet 64-64-128 ---------------------
 APD_BACKBONE: Rules = [
     (r"^layer0\.(0|1|3|4|6)\.", r"backbone.body.conv1.\1."),
     (r"^layer0\.7\.", "backbone.body.bn1."),
@@ -166,6 +171,7 @@ def _apd_dilation(section: dict) -> dict:
 
 APD_PSPNET = Layout(
     zoo="apd",
+    source="the APD release",
     family="pspnet",
     signature=("layer0.", "ppm.features.", "ppm.merge."),
     absent=(),
@@ -186,6 +192,7 @@ APD_PSPNET = Layout(
 # ``ppm.merge``. The release's own teacher files load into its ``ppm.merge`` layout (APD_PSPNET).
 SEMSEG_PSPNET = Layout(
     zoo="apd",
+    source="semseg",
     family="pspnet",
     signature=("layer0.", "ppm.features.", "cls.4."),
     absent=("ppm.merge.",),
@@ -202,6 +209,7 @@ SEMSEG_PSPNET = Layout(
 )
 APD_DEEPLABV3 = Layout(
     zoo="apd",
+    source="the APD release",
     family="deeplabv3",
     signature=("layer0.", "ppm.aspp_modules.", "ppm.image_pool."),
     absent=(),
@@ -245,6 +253,7 @@ CIRKD_SECTION = {
 }
 CIRKD_DEEPLABV3 = Layout(
     zoo="cirkd",
+    source="CIRKD",
     family="deeplabv3",
     signature=("pretrained.conv1.", "head.aspp."),
     absent=(),
@@ -264,6 +273,7 @@ CIRKD_DEEPLABV3 = Layout(
 )
 CIRKD_PSPNET = Layout(
     zoo="cirkd",
+    source="CIRKD",
     family="pspnet",
     signature=("pretrained.conv1.", "head.psp."),
     absent=(),
