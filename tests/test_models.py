@@ -31,6 +31,25 @@ def test_segmentor_outputs_and_named_taps(head):
     assert set(model(torch.randn(1, 3, 64, 96))) == {"out"}
 
 
+def test_deeplabv3plus_reads_the_stride4_features():
+    """DeepLabV3+ (mmsegmentation's layout): the penultimate features at stride 4, 48 low-level channels."""
+    model = build_segmentor("deeplabv3plus", "mobilenetv2_100", num_classes=7, head_channels=24).train()
+    names = dict(model.named_modules())
+    captured = {}
+    names["head.bottleneck"].register_forward_hook(lambda m, i, o: captured.__setitem__("feat", o))
+    names["head.low_level"].register_forward_hook(lambda m, i, o: captured.__setitem__("low", o))
+    out = model(torch.randn(2, 3, 64, 96))
+    assert out["out"].shape == (2, 7, 64, 96) and out["aux"].shape == (2, 7, 64, 96)
+    assert captured["feat"].shape == (2, 24, 16, 24) and captured["low"].shape == (2, 48, 16, 24)
+    assert model.backbone.low_channels == 24 and len(model.backbone(torch.zeros(1, 3, 64, 64))) == 3
+
+
+def test_aspp_without_projection_is_mmseg_layout():
+    model = build_segmentor("deeplabv3", "mobilenetv2_100", num_classes=7, head_channels=24, aspp_projection=False)
+    assert model.head.project is None and model.head.bottleneck[0].in_channels == 5 * 24
+    assert model.eval()(torch.randn(1, 3, 64, 64))["out"].shape == (1, 7, 64, 64)
+
+
 def test_psp_bottleneck_has_512_channels_by_default():
     model = build_segmentor("pspnet", "resnet18d", num_classes=19)
     assert model.head.bottleneck[0].out_channels == 512
