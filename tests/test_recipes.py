@@ -57,6 +57,8 @@ TINY = [
     "teacher.weights=null",
     "data.crop_size=[64,64]",
 ]
+# 64 x 64 crops give an 8 x 8 grid: Af-DCD's 4 x 4 windows need pooling by 2, not 4
+TINY_EXTRA = {"afdcd": ["distill.options.afdcd.pool=2"]}
 EXPECTED_TERMS = {
     "kd": {"kd"},
     "fitnet": {"fitnet", "kd"},
@@ -66,6 +68,9 @@ EXPECTED_TERMS = {
     "cwd": {"cwd"},
     "dist": {"dist"},
     "cirkd": {"kd", "cirkd_mb", "cirkd_pix", "cirkd_reg"},
+    "dkd": {"dkd_tckd", "dkd_nckd"},
+    "mgd": {"mgd", "cwd"},
+    "afdcd": {"afdcd_fd", "afdcd_ctr", "kd"},
     "apd": {"kd", "apd_kl", "apd_align"},
 }
 
@@ -74,7 +79,7 @@ EXPECTED_TERMS = {
 def test_every_synthetic_recipe_builds_and_steps(method):
     """Each embedded-default recipe builds its Distiller (on tiny models) and takes two training steps
     as the trainer does: finite terms, the recipe's terms present, own-optimizer modules stepped."""
-    cfg = load_config(ROOT / f"configs/synthetic/{method}.yaml", TINY)
+    cfg = load_config(ROOT / f"configs/synthetic/{method}.yaml", TINY + TINY_EXTRA.get(method, []))
     torch.manual_seed(0)
     student, teacher = build_model(cfg.model), build_model(cfg.teacher, cfg.model.num_classes)
     distiller = build_distiller(cfg, student, teacher, torch.device("cpu"))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UserError
-from .schema import ListOf, NonEmptyText, NonNegative, OneOf, Positive, build_section, did_you_mean, setting
+from .schema import Between, ListOf, NonEmptyText, NonNegative, OneOf, Positive, build_section, did_you_mean, setting
 
 KD_REDUCTIONS = ("mean", "pixel")
 APD_SCOPES = ("batch", "image", "global")
@@ -26,6 +26,7 @@ class KDOptions:
     temperature: float = setting(1.0, Positive())
     reduction: str = setting("mean", OneOf(KD_REDUCTIONS))  # mean: torch 'mean' (release) | pixel: per-pixel KL
     upsample: bool = True  # logits upsampled to the label size first (release); false: at the feature grid
+    standardize: bool = False  # logit standardisation (Sun et al., CVPR 2024): z-score each pixel's logits first
 
 
 @dataclass
@@ -69,6 +70,7 @@ class DISTOptions:
     gamma: float = setting(1.0, NonNegative())
     tau: float = setting(1.0, Positive())
     aux_weight: float = setting(0.4, NonNegative())
+    standardize: bool = False  # z-score each pixel's logits first (not in the DIST or logit-std references)
 
 
 @dataclass
@@ -82,6 +84,45 @@ class CIRKDOptions:
     pixel_contrast: int = setting(4096, Positive())
     region_contrast: int = setting(1024, Positive())
     pixels_per_image: int = setting(16, Positive())
+
+
+@dataclass
+class DKDOptions:
+    """DKD per pixel (mdistiller ``DKD.py``; alpha 1, beta 2, T 1: the one segmentation setting found,
+    ZaberKo/seg-gdkd, and mdistiller's ImageNet one)."""
+
+    alpha: float = setting(1.0, NonNegative())  # target-class term (TCKD)
+    beta: float = setting(2.0, NonNegative())  # non-target-class term (NCKD)
+    temperature: float = setting(1.0, Positive())
+    upsample: bool = False  # false: labels resized to the logits' grid (seg-gdkd); true: logits to the labels'
+    standardize: bool = False  # logit standardisation (its reference: T 2, alpha and beta x 9)
+
+
+@dataclass
+class MGDOptions:
+    """MGD (yzd-v/MGD seg configs): mask 75 % of the student's positions, generate the teacher's feature."""
+
+    mask_ratio: float = setting(0.75, Between(0.0, 1.0, open_high=True))
+    with_cwd: bool = True  # the release's logit term: CWD on logits, T 4, weight 3
+
+
+AFDCD_MASKS = ("random", "center")
+
+
+@dataclass
+class AfDCDOptions:
+    """Af-DCD (OSVAI/Af-DCD ``losses/ocmgd.py`` and its Cityscapes scripts)."""
+
+    mask_ratio: float = setting(0.75, Between(0.0, 1.0, open_high=True))
+    mask: str = setting("random", OneOf(AFDCD_MASKS))
+    enhanced_projector: bool = False
+    tau: float = setting(0.07, Positive())
+    groups: int = setting(16, Positive())  # channel groups (must divide the teacher's channels)
+    pool: int = setting(4, NonNegative())  # max-pool before the contrast (0 or 1: none)
+    patch: int = setting(4, Positive())  # windows of patch x patch pooled positions
+    windows_per_chunk: int | None = setting(32, Positive())  # bounds CUDA's cdist backward buffer; null: all
+    max_grad_norm: float | None = setting(15.0, Positive())  # the release clips the loss modules' gradients
+    with_kd: bool = True  # the release's KD: T 1, per pixel at the logits' grid, weight 1
 
 
 @dataclass
@@ -115,6 +156,9 @@ METHOD_OPTIONS: dict[str, type] = {
     "cwd": CWDOptions,
     "dist": DISTOptions,
     "cirkd": CIRKDOptions,
+    "dkd": DKDOptions,
+    "mgd": MGDOptions,
+    "afdcd": AfDCDOptions,
     "apd": APDOptions,
 }
 METHOD_NAMES: tuple[str, ...] = tuple(METHOD_OPTIONS)

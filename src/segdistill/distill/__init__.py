@@ -1,6 +1,7 @@
 """Distillation losses and the Distiller: APD and the baselines it is compared against."""
 
 from .adversarial import AdversarialLoss, Discriminator
+from .afdcd import AfDCDLoss
 from .apd import APDLoss
 from .at import ATLoss
 from .base import DistillLoss
@@ -8,28 +9,35 @@ from .cirkd import CIRKDMemoryLoss, CIRKDMiniBatchLoss
 from .cwd import CWDLoss
 from .dist import DISTLoss
 from .distiller import Distiller
+from .dkd import DKDLoss
 from .fitnet import FitNetLoss
 from .ifvd import IFVDLoss
 from .kd import KDLoss
+from .logit_std import standardize
+from .mgd import MGDLoss
 from .skd import PairwiseLoss
 from .taps import TapRecorder, find_module, probe_channels
 
 __all__ = [
     "APDLoss",
+    "AfDCDLoss",
     "ATLoss",
     "AdversarialLoss",
     "CIRKDMemoryLoss",
     "CIRKDMiniBatchLoss",
     "CWDLoss",
     "DISTLoss",
+    "DKDLoss",
     "Discriminator",
     "DistillLoss",
     "Distiller",
     "FitNetLoss",
     "IFVDLoss",
     "KDLoss",
+    "MGDLoss",
     "PairwiseLoss",
     "TapRecorder",
     "find_module",
     "probe_channels",
+    "standardize",
 ]

@@ -10,6 +10,7 @@ import torch
 
 from .base import DistillLoss
 from .common import check_same_grid, float32
+from .logit_std import standardize as standardize_logits
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -37,19 +38,33 @@ class DISTLoss(DistillLoss):
 
     Inputs ``B x K x h x w`` logits (teacher detached, same grid). Reference: beta = gamma = 1, tau = 1,
     aux weight 0.4, loss weight 1 (DIST_KD ``segmentation/train_kd.py``). ``aux_weight > 0`` reads the
-    ``aux_logits`` tap of both models. Returns ``{"dist": scalar}``.
+    ``aux_logits`` tap of both models. ``standardize=True`` z-scores both models' logits over the
+    classes at every pixel before ``/ tau`` (:func:`~segdistill.distill.logit_std.standardize`; our
+    extension: the logit-standardisation reference applies it to KD, DKD, CTKD and MLKD, not to DIST).
+    Returns ``{"dist": scalar}``.
     """
 
     terms = ("dist",)
 
-    def __init__(self, beta: float = 1.0, gamma: float = 1.0, tau: float = 1.0, aux_weight: float = 0.4) -> None:
+    def __init__(
+        self,
+        beta: float = 1.0,
+        gamma: float = 1.0,
+        tau: float = 1.0,
+        aux_weight: float = 0.4,
+        standardize: bool = False,
+    ) -> None:
         super().__init__()
         self.beta, self.gamma, self.tau, self.aux_weight = beta, gamma, tau, aux_weight
+        self.standardize = standardize
         self.taps = ("logits", "aux_logits") if aux_weight > 0 else ("logits",)
 
     def _one(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         check_same_grid("DIST", s, t)
-        return dist_relation_loss(float32(s), float32(t.detach()), self.beta, self.gamma, self.tau)
+        z_s, z_t = float32(s), float32(t.detach())
+        if self.standardize:
+            z_s, z_t = standardize_logits(z_s), standardize_logits(z_t)
+        return dist_relation_loss(z_s, z_t, self.beta, self.gamma, self.tau)
 
     def forward_taps(
         self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], labels: torch.Tensor | None

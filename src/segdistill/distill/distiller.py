@@ -115,6 +115,17 @@ class Distiller(nn.Module):
         """Every loss module with its own optimizer (adapters, discriminators), in loss order."""
         return [step for loss in self.losses.values() for step in loss.own_steps()]
 
+    @property
+    def clips_gradients(self) -> bool:
+        """Whether a loss clips its own modules' gradient norm (Af-DCD's release: 15)."""
+        return any(getattr(loss, "max_grad_norm", None) is not None for loss in self.losses.values())
+
+    def clip_gradients(self) -> None:
+        """Clip each such loss's gradients (after backward and rank averaging, before the step)."""
+        for loss in self.losses.values():
+            if getattr(loss, "max_grad_norm", None) is not None:
+                loss.clip_grad_norm_()
+
     def param_groups(self, lr: float, head_lr_mult: float) -> list[dict]:
         """The student's groups (backbone at ``lr``, head at ``lr * head_lr_mult``) plus the losses'
         student-side modules (adapters, projectors) at the head's rate."""

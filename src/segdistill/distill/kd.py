@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from ..errors import UserError
 from .base import DistillLoss
 from .common import float32
+from .logit_std import standardize as standardize_logits
 
 REDUCTIONS = ("mean", "pixel")
 
@@ -22,13 +23,19 @@ class KDLoss(DistillLoss):
     ``reduction="mean"`` (default, the release): the sum over all elements divided by ``B*K*H*W``
     (torch ``KLDivLoss`` 'mean'), i.e. the per-pixel KL divided by K. ``reduction="pixel"``: the
     per-pixel KL (summed over classes) averaged over pixels, K times larger. Release weight: 10, T=1.
+
+    ``standardize=True``: both logits are z-scored over the classes at every pixel (after the resize,
+    before the temperature; :func:`~segdistill.distill.logit_std.standardize`, Sun et al. CVPR 2024).
+    That reference runs KD+LS with T=2 and weight 9 on the per-sample KL (our ``reduction="pixel"``).
     Returns ``{"kd": scalar}``.
     """
 
     taps = ("logits",)
     terms = ("kd",)
 
-    def __init__(self, temperature: float = 1.0, reduction: str = "mean", upsample: bool = True) -> None:
+    def __init__(
+        self, temperature: float = 1.0, reduction: str = "mean", upsample: bool = True, standardize: bool = False
+    ) -> None:
         super().__init__()
         if reduction not in REDUCTIONS:
             raise UserError(f"KD reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
@@ -37,6 +44,7 @@ class KDLoss(DistillLoss):
         self.temperature = temperature
         self.reduction = reduction
         self.upsample = upsample
+        self.standardize = standardize
 
     def forward(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None = None
@@ -54,6 +62,8 @@ class KDLoss(DistillLoss):
                 z_s = F.interpolate(z_s, size=size, mode="bilinear", align_corners=True)
             if tuple(z_t.shape[-2:]) != size:
                 z_t = F.interpolate(z_t, size=size, mode="bilinear", align_corners=True)
+            if self.standardize:
+                z_s, z_t = standardize_logits(z_s), standardize_logits(z_t)
             temp = self.temperature
             log_q = F.log_softmax(z_s / temp, dim=1)
             log_p = F.log_softmax(z_t / temp, dim=1)

@@ -15,14 +15,17 @@ from torch import nn
 
 from ..base.labels import IGNORE_INDEX
 from ..base.method_options import (
+    AfDCDOptions,
     APDOptions,
     ATOptions,
     CIRKDOptions,
     CWDOptions,
     DISTOptions,
+    DKDOptions,
     FitNetOptions,
     IFVDOptions,
     KDOptions,
+    MGDOptions,
     SKDOptions,
     check_method,
     method_options,
@@ -30,15 +33,18 @@ from ..base.method_options import (
 from ..base.schema import fields_of
 from ..errors import UserError
 from .adversarial import AdversarialLoss
+from .afdcd import AfDCDLoss
 from .apd import APDLoss
 from .at import ATLoss
 from .base import DistillLoss
 from .cirkd import CIRKDMemoryLoss, CIRKDMiniBatchLoss
 from .cwd import CWDLoss
 from .dist import DISTLoss
+from .dkd import DKDLoss
 from .fitnet import FitNetLoss
 from .ifvd import IFVDLoss
 from .kd import KDLoss
+from .mgd import MGDLoss
 from .skd import PairwiseLoss
 
 Built = tuple[dict[str, DistillLoss], dict[str, float]]  # losses by name, their default weights
@@ -55,7 +61,7 @@ class MethodContext:
 def build_kd(ctx: MethodContext, opts: KDOptions) -> Built:
     """Pixel-wise KD on logits as the APD release runs it: T=1, 'mean' reduction, upsampled to the label
     size, weight 10. ``reduction: pixel, upsample: false`` with weight 1 is the CIRKD codebase's KD."""
-    return {"kd": KDLoss(opts.temperature, opts.reduction, opts.upsample)}, {"kd": 10.0}
+    return {"kd": KDLoss(opts.temperature, opts.reduction, opts.upsample, opts.standardize)}, {"kd": 10.0}
 
 
 def build_apd(ctx: MethodContext, opts: APDOptions) -> Built:
@@ -154,7 +160,14 @@ def build_dist(ctx: MethodContext, opts: DISTOptions) -> Built:
                 f"and the {' and '.join(missing)} has none: set distill.options.dist.aux_weight=0 or define the "
                 "'aux_logits' tap in distill.student_taps/teacher_taps"
             )
-    return {"dist": DISTLoss(opts.beta, opts.gamma, opts.tau, opts.aux_weight)}, {"dist": 1.0}
+    return {"dist": DISTLoss(opts.beta, opts.gamma, opts.tau, opts.aux_weight, opts.standardize)}, {"dist": 1.0}
+
+
+def build_dkd(ctx: MethodContext, opts: DKDOptions) -> Built:
+    """DKD per pixel: ``dkd_tckd`` (alpha T^2 x target-class KL) + ``dkd_nckd`` (beta T^2 x non-target KL),
+    averaged over valid pixels; alpha 1, beta 2, T 1, weight 1; replaces KD."""
+    keys = ("alpha", "beta", "temperature", "upsample", "standardize")
+    return {"dkd": DKDLoss(**fields_of(opts, keys), ignore_index=ctx.ignore_index)}, {"dkd": 1.0}
 
 
 def build_cirkd(ctx: MethodContext, opts: CIRKDOptions) -> Built:
@@ -177,6 +190,36 @@ def build_cirkd(ctx: MethodContext, opts: CIRKDOptions) -> Built:
     return losses, weights
 
 
+def build_mgd(ctx: MethodContext, opts: MGDOptions) -> Built:
+    """MGD as its segmentation configs run it: the masked generation term (weight 2e-5, mask ratio 0.75)
+    on the ``feat`` tap (the release distils the backbone's last stage: tap ``head:input``) + CWD on
+    logits (T 4, weight 3)."""
+    losses: dict[str, DistillLoss] = {
+        "mgd": MGDLoss(ctx.student_channels["feat"], ctx.teacher_channels["feat"], opts.mask_ratio)
+    }
+    weights = {"mgd": 2e-5}
+    if opts.with_cwd:
+        losses["cwd"] = CWDLoss(4.0)
+        weights.update({"cwd": 3.0, "cwd_feat": 50.0})
+    return losses, weights
+
+
+def build_afdcd(ctx: MethodContext, opts: AfDCDOptions) -> Built:
+    """Af-DCD as its Cityscapes scripts run it: masked feature mimicking (2e-6) + omni-contrast (5e-3,
+    tau 0.07, 16 channel groups, 4x4 windows after 4x4 max-pooling) on the ``feat`` tap (the release:
+    the backbone's last stage, ``head:input``) + KD 1 (T 1, per pixel at the logits' grid)."""
+    losses, weights = _reference_kd(opts)
+    keys = ("mask_ratio", "mask", "enhanced_projector", "tau", "groups", "pool", "patch", "windows_per_chunk")
+    losses["afdcd"] = AfDCDLoss(
+        ctx.student_channels["feat"],
+        ctx.teacher_channels["feat"],
+        max_grad_norm=opts.max_grad_norm,
+        **fields_of(opts, keys),
+    )
+    weights.update({"afdcd_fd": 2e-6, "afdcd_ctr": 5e-3})
+    return losses, weights
+
+
 METHODS: dict[str, Callable[[MethodContext, Any], Built]] = {
     "kd": build_kd,
     "fitnet": build_fitnet,
@@ -186,6 +229,9 @@ METHODS: dict[str, Callable[[MethodContext, Any], Built]] = {
     "cwd": build_cwd,
     "dist": build_dist,
     "cirkd": build_cirkd,
+    "dkd": build_dkd,
+    "mgd": build_mgd,
+    "afdcd": build_afdcd,
     "apd": build_apd,
 }
 

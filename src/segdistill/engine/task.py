@@ -81,6 +81,8 @@ def train_step(task: Task, out: StepOutput, optimizer: torch.optim.Optimizer) ->
     def student_step() -> None:
         optimizer.zero_grad(set_to_none=True)
         out.total.backward()
+        if getattr(task, "clips_gradients", False):
+            task.clip_gradients()
         optimizer.step()
 
     def own_step(step: OwnStep, term: torch.Tensor) -> None:

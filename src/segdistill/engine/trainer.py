@@ -156,6 +156,8 @@ class Trainer:
         # Trained by the student's optimizer but outside the student (adapters, projectors): their
         # gradients are averaged over ranks by hand; the student's by DDP.
         self._loss_params = [p for g in self.optimizer.param_groups for p in g["params"] if id(p) not in student_ids]
+        # a loss that clips its own modules' gradient norm (Af-DCD: 15), after averaging, before the step
+        self._clips = bool(getattr(self.task, "clips_gradients", False))
         if self.dist.enabled:
             ids = [device.index] if device.type == "cuda" else None
             # A model from another library may compute outputs its loss does not read (transformers'
@@ -438,6 +440,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.total).backward()  # DDP averages the student's gradients over ranks
         average_gradients(self._loss_params, self.dist)
+        if self._clips:
+            self.scaler.unscale_(self.optimizer)
+            self.task.clip_gradients()
         self.scaler.step(self.optimizer)
         self.scaler.update()
 
