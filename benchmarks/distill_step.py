@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from segdistill.base.method_options import BENCH_METHODS
 from segdistill.config import load_config
 from segdistill.engine.builders import build_datasets, build_model
 from segdistill.engine.run import build_distiller
@@ -25,7 +26,7 @@ from segdistill.engine.runtime import autocast_context
 from segdistill.engine.task import SupervisedTask, train_step
 from segdistill.quickstart import recipe_path
 
-METHODS = ["baseline", "kd", "fitnet", "at", "skd", "ifvd", "cwd", "dist", "cirkd", "apd"]
+METHODS = list(BENCH_METHODS)  # the baseline and every method, in the README's order
 
 
 def make(method: str):

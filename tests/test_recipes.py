@@ -158,3 +158,26 @@ def test_other_cityscapes_students_distil_with_apd(name):
     assert {"apd_kl", "apd_align", "kd"} <= set(out.losses) and torch.isfinite(out.total)
     out.total.backward()
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_afdcd_clips_its_modules_gradients_in_the_trainer(tiny_overrides, monkeypatch):
+    """Af-DCD's release clips its loss module's gradient norm to 15 between backward and the step: the
+    trainer does so for a loss with ``max_grad_norm`` (after unscaling), and only then."""
+    from segdistill.cli import main
+    from segdistill.distill import Distiller
+
+    norms: list[float] = []
+    original = Distiller.clip_gradients
+
+    def recording(self) -> None:
+        original(self)
+        grads = [p.grad for p in self.losses["afdcd"].parameters() if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+
+    monkeypatch.setattr(Distiller, "clip_gradients", recording)
+    extra = ["distill.options.afdcd.pool=2", "distill.weights.afdcd_ctr=1.0e+4", "distill.weights.afdcd_fd=1.0"]
+    assert main(["distill", "configs/synthetic/afdcd.yaml", *tiny_overrides, *extra, "name=afdcd"]) == 0
+    assert len(norms) == 4 and max(norms) <= 15.0 + 1e-3  # one clip per step (train.iters=4)
+    norms.clear()
+    assert main(["distill", "configs/synthetic/cwd.yaml", *tiny_overrides, "name=cwd"]) == 0
+    assert norms == []  # no loss clips: the step is as before
