@@ -71,6 +71,7 @@ EXPECTED_TERMS = {
     "dkd": {"dkd_tckd", "dkd_nckd"},
     "mgd": {"mgd", "cwd"},
     "afdcd": {"afdcd_fd", "afdcd_ctr", "kd"},
+    "bpkd": {"bpkd_edge", "bpkd_body"},
     "apd": {"kd", "apd_kl", "apd_align"},
 }
 

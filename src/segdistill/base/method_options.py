@@ -126,6 +126,18 @@ class AfDCDOptions:
 
 
 @dataclass
+class BPKDOptions:
+    """BPKD (no training code released; reconstructed from the paper's pipeline as three
+    re-implementations agree: edge 50, body 20, alpha 2, 7x7 trimap, T 1)."""
+
+    kernel_size: int = setting(7, Positive())  # the trimap's square, in label pixels (odd)
+    edge_temperature: float = setting(1.0, Positive())
+    body_temperature: float = setting(1.0, Positive())
+    edge_alpha: float = setting(2.0, NonNegative())
+    mask_logits: bool = True  # multiply the logits by the edge mask before the edge term's softmax
+
+
+@dataclass
 class APDOptions:
     scope: str = setting("batch", OneOf(APD_SCOPES))
     # images per prototype pool (scope batch): the release's images per GPU; null: the whole per-process batch
@@ -159,6 +171,7 @@ METHOD_OPTIONS: dict[str, type] = {
     "dkd": DKDOptions,
     "mgd": MGDOptions,
     "afdcd": AfDCDOptions,
+    "bpkd": BPKDOptions,
     "apd": APDOptions,
 }
 METHOD_NAMES: tuple[str, ...] = tuple(METHOD_OPTIONS)

@@ -5,6 +5,7 @@ from .afdcd import AfDCDLoss
 from .apd import APDLoss
 from .at import ATLoss
 from .base import DistillLoss
+from .bpkd import BPKDLoss
 from .cirkd import CIRKDMemoryLoss, CIRKDMiniBatchLoss
 from .cwd import CWDLoss
 from .dist import DISTLoss
@@ -23,6 +24,7 @@ __all__ = [
     "AfDCDLoss",
     "ATLoss",
     "AdversarialLoss",
+    "BPKDLoss",
     "CIRKDMemoryLoss",
     "CIRKDMiniBatchLoss",
     "CWDLoss",

@@ -18,6 +18,7 @@ from ..base.method_options import (
     AfDCDOptions,
     APDOptions,
     ATOptions,
+    BPKDOptions,
     CIRKDOptions,
     CWDOptions,
     DISTOptions,
@@ -37,6 +38,7 @@ from .afdcd import AfDCDLoss
 from .apd import APDLoss
 from .at import ATLoss
 from .base import DistillLoss
+from .bpkd import BPKDLoss
 from .cirkd import CIRKDMemoryLoss, CIRKDMiniBatchLoss
 from .cwd import CWDLoss
 from .dist import DISTLoss
@@ -220,6 +222,14 @@ def build_afdcd(ctx: MethodContext, opts: AfDCDOptions) -> Built:
     return losses, weights
 
 
+def build_bpkd(ctx: MethodContext, opts: BPKDOptions) -> Built:
+    """BPKD: edge KL over classes on the logits masked by the labels' soft class boundaries (weight 50,
+    alpha 2) + channel-wise KL of the body logits (weight 20), T 1; no KD term."""
+    keys = ("kernel_size", "edge_temperature", "body_temperature", "edge_alpha", "mask_logits")
+    loss = BPKDLoss(ctx.num_classes, ignore_index=ctx.ignore_index, **fields_of(opts, keys))
+    return {"bpkd": loss}, {"bpkd_edge": 50.0, "bpkd_body": 20.0}
+
+
 METHODS: dict[str, Callable[[MethodContext, Any], Built]] = {
     "kd": build_kd,
     "fitnet": build_fitnet,
@@ -232,6 +242,7 @@ METHODS: dict[str, Callable[[MethodContext, Any], Built]] = {
     "dkd": build_dkd,
     "mgd": build_mgd,
     "afdcd": build_afdcd,
+    "bpkd": build_bpkd,
     "apd": build_apd,
 }
 
