@@ -27,12 +27,19 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from torch import nn
 
-from .base.method_options import BENCH_METHODS
+from .base.method_options import BENCH_METHODS, method_options
 from .config import Config, config_to_dict, load_config, with_current_defaults
 from .data.datasets import class_names
 from .engine.builders import build_datasets, build_model
 from .engine.checkpoint import load_checkpoint
-from .engine.run import evaluate_model, evaluation_loader, has_trained_weights, run_distill, run_train
+from .engine.run import (
+    evaluate_model,
+    evaluation_loader,
+    has_trained_weights,
+    run_distill,
+    run_maskd_tokens,
+    run_train,
+)
 from .errors import UserError
 from .models.sources import default_taps
 from .report import bench_figures
@@ -83,6 +90,24 @@ def _finished(run: Run) -> dict | None:
     if with_current_defaults(yaml.safe_load(saved.read_text())) != config_to_dict(run.config):
         return None
     return json.loads(summary.read_text())
+
+
+def ensure_maskd_tokens(run: Run, overrides: list[str], console: Console) -> None:
+    """MasKD distils through receptive tokens learned first on the teacher: when the run's
+    ``distill.options.maskd.tokens`` does not exist yet, run the token stage (``maskd_tokens.yaml`` beside the
+    method's recipe, resumable; the bench's ``data.``, ``teacher.`` and ``train.iters`` overrides apply to it,
+    the rest of its schedule stays) and check that it wrote them there."""
+    assert run.config.distill is not None
+    tokens = method_options("maskd", run.config.distill.options.get("maskd")).tokens
+    recipe = run.source.parent / "maskd_tokens.yaml"
+    if not tokens or Path(tokens).is_file() or not recipe.is_file():
+        return  # set and present, or the method's builder names what is missing
+    shared = [o for o in overrides if o.split("=", 1)[0].startswith(("data.", "teacher.", "train.iters"))]
+    config = load_config(recipe, shared)
+    console.print(f"bench: learning MasKD's receptive tokens first ({recipe} -> {config.run_dir})")
+    run_maskd_tokens(config, resume=True, console=console)
+    if not Path(tokens).is_file():
+        raise UserError(f"{recipe} wrote its tokens to {config.run_dir}, not to distill.options.maskd.tokens={tokens}")
 
 
 def _execute(run: Run, console: Console) -> dict:
@@ -234,6 +259,8 @@ def run_bench(
                 console.print(
                     f"bench run {i + 1}/{len(runs)}: {run.config.name} ({run.source}){' reused' if reused else ''}"
                 )
+            if run.method == "maskd" and _finished(run) is None:
+                ensure_maskd_tokens(run, overrides, console)
             results[run.method].append(_execute(run, quiet))
             progress.update(bar, advance=1)
     rows = summarise(results, seeds, teacher["val"]["mIoU"] if teacher else None, names)

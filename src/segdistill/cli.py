@@ -130,6 +130,21 @@ def _train_or_distill(args: argparse.Namespace, console: Console, run) -> int:
     return 0
 
 
+def cmd_maskd_tokens(args: argparse.Namespace, console: Console) -> int:
+    from .config import load_config
+    from .engine.run import run_maskd_tokens
+
+    config = load_config(args.config, args.overrides)
+    summary = run_maskd_tokens(config, resume=args.resume, console=console)
+    if is_main_process():
+        tokens = config.run_dir / "checkpoints" / "last.pt"
+        console.print(
+            f"receptive tokens in {tokens} (distill.options.maskd.tokens); masked teacher's val mIoU "
+            f"{100 * summary['val']['mIoU']:.2f}"
+        )
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     from .bench import run_bench
 
@@ -317,6 +332,14 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. distill.methods=[apd]")
     dist.add_argument("--resume", action="store_true", help=RESUME_HELP)
     dist.set_defaults(func=cmd_distill)
+
+    tokens = sub.add_parser(
+        "maskd-tokens", help="MasKD's first stage: learn the receptive tokens on the frozen teacher (resumable)"
+    )
+    tokens.add_argument("config")
+    tokens.add_argument("overrides", nargs="*")
+    tokens.add_argument("--resume", action="store_true", help=RESUME_HELP)
+    tokens.set_defaults(func=cmd_maskd_tokens)
 
     bench = sub.add_parser("bench", help="methods side by side under one recipe over several seeds")
     bench.add_argument("config", help="the recipe (teacher, student, data, schedule), e.g. configs/synthetic/apd.yaml")

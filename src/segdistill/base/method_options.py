@@ -137,6 +137,22 @@ class BPKDOptions:
     mask_logits: bool = True  # multiply the logits by the edge mask before the edge term's softmax
 
 
+MASKD_TAPS = ("logits", "feat")
+
+
+@dataclass
+class MasKDOptions:
+    """MasKD (hunto/MasKD ``segmentation/``): stage 2 distils through receptive tokens that stage 1
+    (``segdistill maskd-tokens``) learned on the frozen teacher."""
+
+    # stage 1's output: its run's checkpoints/last.pt (or any file holding mask_token N x C)
+    tokens: str | None = setting(None, NonEmptyText())
+    num_tokens: int = setting(8, Positive())
+    tap: str = setting("logits", OneOf(MASKD_TAPS))  # the release masks the logits; feat: our extension
+    aux_weight: float = setting(0.4, NonNegative())  # the same masks on the auxiliary logits (release 0.4)
+    dice_weight: float = setting(1.0, NonNegative())  # stage 1: task CE + dice_weight x mask diversity
+
+
 @dataclass
 class APDOptions:
     scope: str = setting("batch", OneOf(APD_SCOPES))
@@ -172,6 +188,7 @@ METHOD_OPTIONS: dict[str, type] = {
     "mgd": MGDOptions,
     "afdcd": AfDCDOptions,
     "bpkd": BPKDOptions,
+    "maskd": MasKDOptions,
     "apd": APDOptions,
 }
 METHOD_NAMES: tuple[str, ...] = tuple(METHOD_OPTIONS)

@@ -15,6 +15,8 @@ from .fitnet import FitNetLoss
 from .ifvd import IFVDLoss
 from .kd import KDLoss
 from .logit_std import standardize
+from .maskd import MasKDLoss, ReceptiveTokens
+from .maskd_tokens import MaskedTeacher, TokenTask
 from .mgd import MGDLoss
 from .skd import PairwiseLoss
 from .taps import TapRecorder, find_module, probe_channels
@@ -37,8 +39,12 @@ __all__ = [
     "IFVDLoss",
     "KDLoss",
     "MGDLoss",
+    "MasKDLoss",
+    "MaskedTeacher",
     "PairwiseLoss",
+    "ReceptiveTokens",
     "TapRecorder",
+    "TokenTask",
     "find_module",
     "probe_channels",
     "standardize",

@@ -16,7 +16,7 @@ Two terms on one generated map ``g = P(M * a(f_s))`` (``a``: 1x1 align conv; ``M
   divided by ``B * h' * w'`` (pooled positions), i.e. ``groups`` x the mean over anchors.
 
 The release's recipe adds pixel-wise logit KD (T = 1, batchmean at the logits' grid, weight 1) and
-distils the backbone's last stage (``c4``). See /work/evidence/i16_mgd_afdcd.md.
+distils the backbone's last stage (``c4``). See docs/baselines-2024.md.
 """
 
 from __future__ import annotations

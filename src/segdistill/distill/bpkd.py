@@ -2,7 +2,7 @@
 for Semantic Segmentation", WACV 2024, arXiv 2306.08075), reconstructed: the authors' repository (AkideLiu/BPKD)
 releases evaluation code and weights only, so the formulation below is assembled from the paper's abstract and
 three independent third-party re-implementations, which agree on the structure, the weights and the kernel (see
-/work/evidence/i16_bpkd_maskd.md for the sources and for every point that had to be decided).
+docs/baselines-2024.md for the sources and for every point that had to be decided).
 
 The logits are split by the ground truth's class boundaries into an edge part and a body part:
 

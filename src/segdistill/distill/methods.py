@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -26,12 +27,14 @@ from ..base.method_options import (
     FitNetOptions,
     IFVDOptions,
     KDOptions,
+    MasKDOptions,
     MGDOptions,
     SKDOptions,
     check_method,
     method_options,
 )
 from ..base.schema import fields_of
+from ..base.weights_io import load_weights_file
 from ..errors import UserError
 from .adversarial import AdversarialLoss
 from .afdcd import AfDCDLoss
@@ -46,6 +49,7 @@ from .dkd import DKDLoss
 from .fitnet import FitNetLoss
 from .ifvd import IFVDLoss
 from .kd import KDLoss
+from .maskd import MasKDLoss
 from .mgd import MGDLoss
 from .skd import PairwiseLoss
 
@@ -230,6 +234,40 @@ def build_bpkd(ctx: MethodContext, opts: BPKDOptions) -> Built:
     return {"bpkd": loss}, {"bpkd_edge": 50.0, "bpkd_body": 20.0}
 
 
+def build_maskd(ctx: MethodContext, opts: MasKDOptions) -> Built:
+    """MasKD stage 2 as ``train_maskd.py``: the masked MSE of the logits under 8 frozen receptive tokens
+    (weight 1, + 0.4 x the same on the auxiliary logits), no KD; the tokens come from stage 1."""
+    command = "learn them first with `segdistill maskd-tokens CONFIG` (configs/<dataset>/maskd_tokens.yaml)"
+    if not opts.tokens:
+        raise UserError(f"distill.options.maskd.tokens is not set: MasKD distils through receptive tokens; {command}")
+    if not Path(opts.tokens).is_file():
+        raise UserError(f"MasKD's receptive tokens {opts.tokens} (distill.options.maskd.tokens) not found; {command}")
+    state = load_weights_file(opts.tokens)
+    token = state.get("mask_token", state.get("tokens.mask_token"))
+    if token is None:
+        raise UserError(f"{opts.tokens} holds no receptive tokens (mask_token); {command}")
+    if opts.aux_weight > 0 and opts.tap == "logits":
+        missing = [
+            s
+            for s, ch in (("student", ctx.student_channels), ("teacher", ctx.teacher_channels))
+            if "aux_logits" not in ch
+        ]
+        if missing:
+            raise UserError(
+                f"MasKD's auxiliary term (distill.options.maskd.aux_weight={opts.aux_weight}) needs auxiliary logits, "
+                f"and the {' and '.join(missing)} has none: set distill.options.maskd.aux_weight=0"
+            )
+    loss = MasKDLoss(
+        ctx.teacher_channels[opts.tap],
+        opts.num_tokens,
+        tap=opts.tap,
+        aux_weight=opts.aux_weight if opts.tap == "logits" else 0.0,
+        student_channels=ctx.student_channels[opts.tap],
+    )
+    loss.load_tokens({"mask_token": token})
+    return {"maskd": loss}, {"maskd": 1.0}
+
+
 METHODS: dict[str, Callable[[MethodContext, Any], Built]] = {
     "kd": build_kd,
     "fitnet": build_fitnet,
@@ -243,6 +281,7 @@ METHODS: dict[str, Callable[[MethodContext, Any], Built]] = {
     "mgd": build_mgd,
     "afdcd": build_afdcd,
     "bpkd": build_bpkd,
+    "maskd": build_maskd,
     "apd": build_apd,
 }
 

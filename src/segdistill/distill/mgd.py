@@ -8,7 +8,7 @@ differ), a random set of spatial positions is zeroed (each position independentl
 biases) regenerates the full map, and the loss is the squared error to the teacher's feature summed over
 all elements and divided by the batch size. The release distils the backbone's last stage (mmseg
 ``extract_feat(img)[-1]``: 512 channels for ResNet-18, 2048 for ResNet-101) and adds channel-wise
-distillation on the logits (T = 4, weight 3); see /work/evidence/i16_mgd_afdcd.md.
+distillation on the logits (T = 4, weight 3); see docs/baselines-2024.md.
 """
 
 from __future__ import annotations

@@ -15,10 +15,11 @@ from timm.layers import convert_sync_batchnorm
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..base.method_options import method_options
 from ..config import Config, ModelConfig
 from ..data.datasets import build_dataset, prepare_dataset
 from ..data.labels import train_id_to_id_lut
-from ..distill import Distiller, probe_channels
+from ..distill import Distiller, MaskedTeacher, TokenTask, probe_channels
 from ..distill.methods import MethodContext, build_methods
 from ..errors import UserError
 from ..models import count_flops, count_parameters
@@ -263,6 +264,40 @@ def has_trained_weights(cfg: ModelConfig) -> bool:
     if cfg.source == "hf" and isinstance(cfg.pretrained, str):
         return True
     return cfg.source == "torchvision" and bool(cfg.kwargs.get("weights"))
+
+
+class MaskTokenJob(SegmentationJob):
+    """MasKD's first stage: the "student" is the frozen teacher with receptive tokens on its
+    ``distill.options.maskd.tap`` (:class:`~segdistill.distill.maskd_tokens.MaskedTeacher`); the run's
+    checkpoints (tokens, optimizer, schedule, RNG) make it resumable; its ``checkpoints/last.pt`` is what
+    ``distill.options.maskd.tokens`` names."""
+
+    def student(self, process: Process) -> nn.Module:
+        config = self.config
+        assert config.teacher is not None and config.distill is not None
+        teacher = build_model(config.teacher, key="teacher").to(process.device)
+        check_model_output(config.teacher, teacher, tuple(config.data.crop_size), "teacher")
+        opts = method_options("maskd", config.distill.options.get("maskd"))
+        taps = config.distill.teacher_taps or default_taps(teacher, config.model.num_classes)
+        for tap in {opts.tap, "logits"}:
+            if tap not in taps:
+                raise UserError(
+                    f"MasKD's token stage reads the teacher's {tap!r} tap: define it in distill.teacher_taps"
+                )
+        channels = _probe(teacher, {opts.tap: taps[opts.tap]}, tuple(config.data.crop_size), "teacher")[opts.tap]
+        torch.manual_seed(config.seed)
+        return MaskedTeacher(teacher, taps, opts.tap, channels, opts.num_tokens).to(process.device)
+
+
+def run_maskd_tokens(config: Config, resume: bool = False, console: Console | None = None) -> dict:
+    """MasKD stage 1: learn the receptive tokens on the frozen ``config.teacher`` with ``config.train``'s
+    schedule (the release: SGD lr 0.1, momentum 0.9, weight decay 1e-3, poly 0.9, 10k iterations)."""
+    if config.teacher is None or not has_trained_weights(config.teacher):
+        raise UserError("MasKD's token stage needs a trained teacher: set teacher.weights")
+    if config.distill is None:
+        raise UserError("config has no 'distill' section (distill.options.maskd holds the token settings)")
+    opts = method_options("maskd", config.distill.options.get("maskd"))
+    return run_job(MaskTokenJob(config), lambda student, device: TokenTask(student, opts.dice_weight), resume, console)
 
 
 def run_distill(config: Config, resume: bool = False, console: Console | None = None) -> dict:
