@@ -38,14 +38,20 @@ def segmentation_losses(
     """Cross-entropy on the main logits (+ ``aux_weight`` x the auxiliary logits when present; several
     auxiliaries are summed into ``aux_ce``). Any output :func:`~segdistill.base.outputs.split_output`
     reads; logits on a coarser grid are upsampled to the label size (bilinear, ``align_corners=False``,
-    as the libraries upsample for inference and their own losses)."""
+    as the libraries upsample for inference and their own losses).
+
+    A batch without a labelled pixel contributes 0 (torch's mean over no pixel is 0/0 = NaN): selected
+    on the device, without a host sync; with labelled pixels the value and gradients are torch's own,
+    bitwise."""
     logits, auxiliaries = split_output(output)
     size = labels.shape[-2:]
+    labelled = (labels != ignore_index).any()
 
     def ce(x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != size:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        return F.cross_entropy(x.float(), labels, ignore_index=ignore_index)
+        loss = F.cross_entropy(x.float(), labels, ignore_index=ignore_index)
+        return torch.where(labelled, loss, torch.zeros_like(loss))
 
     terms = {"ce": ce(logits)}
     if auxiliaries and aux_weight > 0:
