@@ -63,3 +63,17 @@ def test_unlabelled_batches_train_on_two_processes(tiny_overrides, tiny_data, tm
         p.wait(timeout=300)
     assert [p.returncode for p in procs] == [0, 0], [p.stderr.read() for p in procs]
     _finite_losses(tmp_path / "runs" / "two")
+
+
+@pytest.mark.slow
+def test_apd_scope_global_with_an_empty_rank_trains_on_two_processes(tiny_overrides, tiny_data, tmp_path):
+    """Issue 17, first bug: with ``scope: global`` a rank whose batch has no labelled pixel skipped the
+    teacher adapter's backward, whose all-reduce the other rank ran: gloo "collective mismatch"."""
+    root = unlabelled_copy(tiny_data, tmp_path)
+    args = overrides(tiny_overrides, data__root=root, data__batch_size=2, train__iters=6, train__log_interval=1)
+    extra = ["distill.options.apd.scope=global", "distill.options.apd.pool_size=null", "train.dist_timeout=60"]
+    procs = launch(2, ["distill", "configs/synthetic/apd.yaml", *args, *extra, "name=global"])
+    for p in procs:
+        p.wait(timeout=300)
+    assert [p.returncode for p in procs] == [0, 0], [p.stderr.read()[-2000:] for p in procs]
+    _finite_losses(tmp_path / "runs" / "global")

@@ -271,12 +271,14 @@ class Trainer:
     def _own_step(self, step: OwnStep, term: torch.Tensor) -> None:
         """Back-propagate an own-optimizer term into its module alone and step its optimizer; a batch
         where the term is 0 is skipped (:func:`~segdistill.engine.task.own_step_is_active`). Under DDP
-        the ranks decide together (a rank with an empty batch contributes zero gradients)."""
+        the ranks decide together (a rank with an empty batch contributes zero gradients), and every rank
+        back-propagates its term, 0 or not: a term whose backward holds a collective (APD's scope global
+        all-reduces the prototype gradients) must run it on every rank, or the ranks' collectives differ."""
         step.optimizer.zero_grad(set_to_none=True)
         active = own_step_is_active(term)
         if not any_rank(active, self.dist, self.device):
             return
-        if active:
+        if active or (self.dist.enabled and term.requires_grad):
             term.backward()
         average_gradients(step.module.parameters(), self.dist)
         step.optimizer.step()
