@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import shutil
 
+import pytest
+
 from segdistill.cli import main
 
 
@@ -37,6 +39,7 @@ def test_bench_grid_results_and_reuse(tiny_overrides, tmp_path, capsys):
     assert all(0.0 <= float(r["mIoU"]) <= 1.0 and "road" in r for r in rows)
     text = (out / "results.md").read_text()
     assert "gap closed" in text and "| apd |" in text and "Per-class IoU" in text and (out / "teacher.json").exists()
+    assert "Paired per-seed differences" in text and "| kd |" in text.split("Paired per-seed")[1]
     for figure in ("curves", "per_class", "predictions", "tsne"):
         assert (out / f"{figure}.png").stat().st_size > 1000, figure
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/summary.json")}
@@ -54,3 +57,19 @@ def test_bench_refuses_a_method_recipe_with_another_schedule(tiny_overrides, tmp
     code = main(["bench", str(recipes / "apd.yaml"), *tiny_overrides, "--methods", "kd", "--seeds", "0"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "kd.yaml differs from" in err[-1] and "train.lr (0.05 vs 0.02)" in err[-1]
+
+
+def test_paired_differences_with_a_t_interval():
+    """mean ± t_{0.975, n-1} sd / sqrt(n) of the per-seed differences; resolved iff the interval excludes 0."""
+    from segdistill.bench import paired_difference
+
+    wide = paired_difference([0.41, 0.43, 0.42], [0.40, 0.40, 0.40])  # differences 0.01, 0.03, 0.02: sd 0.01
+    half = 4.303 * 0.01 / 3**0.5
+    assert wide["mean"] == pytest.approx(0.02) and wide["n"] == 3
+    assert (wide["low"], wide["high"]) == (pytest.approx(0.02 - half), pytest.approx(0.02 + half))
+    assert not wide["resolved"]  # 0.02 ± 0.0248 contains 0
+    tight = paired_difference([0.42, 0.421, 0.419], [0.40, 0.40, 0.40])  # 0.02 ± 0.0025
+    assert tight["resolved"] and tight["low"] > 0
+    worse = paired_difference([0.30, 0.31], [0.40, 0.40])  # -0.095 ± 12.706 x 0.00707 / sqrt(2) = ± 0.0635
+    assert worse["resolved"] and worse["high"] < 0
+    assert paired_difference([0.5], [0.4]) is None  # one seed: no interval

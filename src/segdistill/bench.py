@@ -138,6 +138,27 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+# Student's t quantile t_{0.975, df} for df = 1..30 (two-sided 95 %); above 30, the normal 1.96.
+T_975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+    2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def paired_difference(a: list[float], b: list[float]) -> dict | None:
+    """The per-seed differences ``a_i - b_i`` (runs paired by seed): mean, and its two-sided 95 % Student-t
+    interval ``mean ± t_{0.975, n-1} sd / sqrt(n)``; ``resolved`` when the interval excludes 0 (the seeds
+    can tell the two apart). ``None`` with fewer than 2 seeds (no interval)."""
+    diffs = [x - y for x, y in zip(a, b)]
+    n = len(diffs)
+    if n < 2:
+        return None
+    mean, sd = _mean_sd(diffs)
+    half = (T_975[n - 2] if n - 1 <= len(T_975) else 1.96) * sd / n**0.5
+    low, high = mean - half, mean + half
+    return {"mean": mean, "low": low, "high": high, "n": n, "resolved": low > 0 or high < 0}
+
+
 def summarise(results: dict[str, list[dict]], seeds: list[int], teacher_miou: float | None, names: list[str]) -> dict:
     """Per method: mIoU mean/sd, per-seed values, gain over the baseline (mean ± sd of per-seed
     gains), share of the teacher-student gap closed, per-class mean IoU, seconds per iteration."""
@@ -152,6 +173,9 @@ def summarise(results: dict[str, list[dict]], seeds: list[int], teacher_miou: fl
         if base and method != "baseline":
             gains = [r["val"]["mIoU"] - b["val"]["mIoU"] for r, b in zip(runs, base)]
             row["gain"], row["gain_sd"] = _mean_sd(gains)
+            row["vs_baseline"] = paired_difference(mious, [b["val"]["mIoU"] for b in base])
+        if "apd" in results and method not in ("apd", "baseline"):
+            row["vs_apd"] = paired_difference(mious, [r["val"]["mIoU"] for r in results["apd"]])
             if teacher_miou is not None and teacher_miou != base_mean:
                 row["gap_closed"] = (mean - base_mean) / (teacher_miou - base_mean)
         per_class = []
@@ -170,6 +194,13 @@ def _pct(x: float | None, signed: bool = False) -> str:
     if x is None:
         return "-"
     return f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}"
+
+
+def _interval(diff: dict | None) -> str:
+    if diff is None:
+        return "-"
+    text = f"{_pct(diff['mean'], True)} [{_pct(diff['low'], True)}, {_pct(diff['high'], True)}]"
+    return f"**{text} resolved**" if diff["resolved"] else text
 
 
 def write_results(
@@ -202,6 +233,19 @@ def write_results(
             f"| {method} | {_pct(row['mIoU'])} ± {_pct(row['sd'])} | {seeds_text} | {gain} | {gap} | "
             f"{row['s_per_it']:.3f} | {ratio} |"
         )
+    paired = [(m, row) for m, row in rows.items() if row.get("vs_baseline") or row.get("vs_apd")]
+    if paired:
+        lines += [
+            "",
+            "Paired per-seed differences (method - other, mIoU points, runs paired by seed): mean and its "
+            "two-sided 95 % Student-t interval over the seeds; **resolved** = the interval excludes 0, i.e. "
+            "the seeds can tell the two apart:",
+            "",
+            "| method | vs baseline | vs apd |",
+            "|---|---|---|",
+        ]
+        for method, row in paired:
+            lines.append(f"| {method} | {_interval(row.get('vs_baseline'))} | {_interval(row.get('vs_apd'))} |")
     lines += ["", "Per-class IoU (%), mean over seeds:", ""]
     lines.append("| class | " + " | ".join(rows) + " |")
     lines.append("|---|" + "---:|" * len(rows))
