@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 
 import pytest
@@ -73,3 +74,55 @@ def test_paired_differences_with_a_t_interval():
     worse = paired_difference([0.30, 0.31], [0.40, 0.40])  # -0.095 ± 12.706 x 0.00707 / sqrt(2) = ± 0.0635
     assert worse["resolved"] and worse["high"] < 0
     assert paired_difference([0.5], [0.4]) is None  # one seed: no interval
+
+
+def test_a_run_that_diverges_is_recorded_and_the_bench_goes_on(tiny_overrides, tmp_path, capsys):
+    """A method whose loss is not finite stops its own run, not the comparison: the run is recorded as
+    diverged (``diverged.json`` with the step), shown so in results.md / results.csv, left out of the
+    statistics, and reused as such by the next bench."""
+    teacher = tiny_teacher(tiny_overrides, tmp_path)
+    out = tmp_path / "bench"
+    args = ["bench", "configs/synthetic/apd.yaml", *tiny_overrides, *teacher, "distill.weights={kd: 1.0e+39}"]
+    args += ["--methods", "baseline", "kd", "--seeds", "0", "--out", str(out), "--no-figures"]
+    assert main(args) == 0
+    record = json.loads((out / "kd_seed0" / "diverged.json").read_text())
+    assert record["diverged"]["step"] == 1 and "kd" in record["diverged"]["terms"]
+    rows = {r["method"]: r for r in csv.DictReader(open(out / "results.csv"))}
+    assert rows["kd"]["status"] == "diverged at step 1" and rows["kd"]["mIoU"] == ""
+    assert rows["baseline"]["status"] == "finished" and 0.0 <= float(rows["baseline"]["mIoU"]) <= 1.0
+    line = next(x for x in (out / "results.md").read_text().splitlines() if x.startswith("| kd |"))
+    assert "| diverged | diverged (step 1) |" in line
+    capsys.readouterr()
+    assert main(args) == 0  # the diverged run is reused as diverged, not retrained
+    assert capsys.readouterr().err.count("reused") == 2
+
+
+def test_bench_refuses_maskd_without_its_tokens_upfront_and_leaves_it_out_of_the_default(
+    tiny_overrides, tmp_path, capsys, monkeypatch
+):
+    """A recipe folder with no MasKD token stage (ADE20K, PASCAL-Context, a user's folder): ``--methods maskd``
+    is refused before any run; the default method list leaves maskd out and says why."""
+    from segdistill import bench
+
+    recipes = tmp_path / "recipes"
+    shutil.copytree("configs/synthetic", recipes)
+    (recipes / "maskd_tokens.yaml").unlink()
+    args = ["bench", str(recipes / "apd.yaml"), *tiny_overrides, "--seeds", "0", "--out", str(tmp_path / "b")]
+    assert main([*args, "--methods", "baseline", "maskd"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "maskd_tokens.yaml" in err[0] and "segdistill maskd-tokens" in err[0]
+    assert not (tmp_path / "b").exists()
+
+    class Planned(Exception):
+        pass
+
+    def stop(run, console):  # the first run to execute: the plan is what this test checks
+        raise Planned(run.method)
+
+    monkeypatch.setattr(bench, "_execute", stop)
+    monkeypatch.setattr(bench, "evaluate_teacher", lambda *a: None)
+    with pytest.raises(Planned):
+        bench.run_bench(str(recipes / "apd.yaml"), None, [0, 1], str(tmp_path / "b"), tiny_overrides)
+    err = capsys.readouterr().err
+    runs = 2 * (len(bench.DEFAULT_METHODS) - 1)  # every default method but maskd, 2 seeds
+    assert "maskd left out" in err and f"bench run 1/{runs}: baseline_seed0" in err

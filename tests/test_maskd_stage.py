@@ -63,3 +63,64 @@ def test_bench_learns_the_tokens_first(tiny_data, tmp_path, capsys, monkeypatch)
     result = run_bench(recipe, ["maskd"], [0], str(out), overrides, figures=False)
     assert (tmp_path / "runs" / "synthetic_maskd_tokens" / "checkpoints" / "last.pt").is_file()
     assert "maskd" in result["rows"]
+
+
+def test_stage_two_refuses_unfinished_or_foreign_tokens(tiny_data, tmp_path, capsys):
+    """Tokens from a stage stopped before the end of its schedule, or learned on another teacher section, are
+    refused in one line naming the file (they would distil through half-learned or wrong masks)."""
+    common = _common(tiny_data, tmp_path)
+    assert main(["maskd-tokens", "configs/synthetic/maskd_tokens.yaml", *common, *TOKENS]) == 0
+    last = tmp_path / "runs" / "synthetic_maskd_tokens" / "checkpoints" / "last.pt"
+    stage2 = [*common, *TOKENS[:2], "train.iters=1", "eval.batch_size=4", f"distill.options.maskd.tokens={last}"]
+    state = torch.load(last, weights_only=True)
+    state["step"] = 3  # as if the stage had stopped at step 3 of 6
+    torch.save(state, last)
+    capsys.readouterr()
+    assert main(["distill", "configs/synthetic/maskd.yaml", *stage2]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(last) in err[0] and "step 3 of 6" in err[0] and "--resume" in err[0]
+    state["step"] = 6
+    torch.save(state, last)
+    assert main(["distill", "configs/synthetic/maskd.yaml", *stage2, "teacher.ppm_channels=32"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another teacher" in err[0] and "teacher.ppm_channels: 64 there, 32 here" in err[0]
+
+
+def test_token_stage_refuses_to_write_into_another_run(tiny_data, tmp_path, capsys):
+    """``maskd-tokens`` on the distillation recipe would write its tokens into the distillation's own run
+    folder, not where ``distill.options.maskd.tokens`` points: refused before any work."""
+    assert main(["maskd-tokens", "configs/synthetic/maskd.yaml", *_common(tiny_data, tmp_path), *TOKENS]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "synthetic_maskd_tokens" in err[0] and "maskd_tokens.yaml" in err[0]
+    assert not (tmp_path / "runs" / "synthetic_maskd").exists()
+
+
+def test_masked_teacher_moves_with_the_module():
+    """``.to()`` / ``.double()`` reach the frozen teacher that the stage's module holds outside its tree."""
+    from segdistill.distill import MaskedTeacher
+    from segdistill.models import build_segmentor
+
+    teacher = build_segmentor("pspnet", "mobilenetv2_100", 19, head_channels=16, ppm_channels=8)
+    module = MaskedTeacher(teacher, {"logits": "head.classifier"}, "logits", 19, 8).double()
+    assert all(p.dtype == torch.float64 for p in teacher.parameters())
+    out = module(torch.zeros(1, 3, 32, 32, dtype=torch.float64))["out"]
+    assert out.dtype == torch.float64 and out.shape == (1, 19, 32, 32)
+    assert set(module.state_dict()) == {"tokens.mask_token"}
+
+
+@pytest.mark.slow
+def test_token_stage_on_two_processes(tiny_data, tmp_path):
+    """The stage under 2 gloo processes (DDP wraps the masked teacher): it trains, the tokens stay the
+    checkpoint's only state, and both ranks finish."""
+    from test_distributed import launch
+
+    args = ["maskd-tokens", "configs/synthetic/maskd_tokens.yaml", *_common(tiny_data, tmp_path), *TOKENS]
+    procs = launch(2, [*args, "data.batch_size=2"])
+    for p in procs:
+        p.wait(timeout=300)
+    errors = [p.stderr.read() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    run = tmp_path / "runs" / "synthetic_maskd_tokens"
+    checkpoint = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert set(checkpoint["model"]) == {"tokens.mask_token"} and checkpoint["step"] == 6
+    assert json.loads((run / "summary.json").read_text())["val"]["mIoU"] > 0

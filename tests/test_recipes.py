@@ -187,3 +187,30 @@ def test_afdcd_clips_its_modules_gradients_in_the_trainer(tiny_overrides, monkey
     norms.clear()
     assert main(["distill", "configs/synthetic/cwd.yaml", *tiny_overrides, "name=cwd"]) == 0
     assert norms == []  # no loss clips: the step is as before
+
+
+def test_a_loss_two_methods_bring_keeps_the_options_the_config_sets():
+    """MGD brings CWD (T 4): an explicit ``cwd`` with its own options replaces it, whatever the order; options
+    of a method whose copy would be dropped (APD's ``kd_temperature`` next to an explicit ``kd``) are refused
+    in one line instead of being ignored; without options the first listed method's copy stays (as before)."""
+    from segdistill.distill.methods import MethodContext, build_methods
+    from segdistill.errors import UserError
+
+    ctx = MethodContext(19, {"feat": 16, "logits": 19}, {"feat": 32, "logits": 19})
+    for names in (["mgd", "cwd"], ["cwd", "mgd"]):
+        losses, weights = build_methods(names, ctx, {"cwd": {"temperature": 1.0}}, {})
+        assert losses["cwd"].temperature == 1.0 and list(losses) == names and weights["cwd"] == 3.0
+    with pytest.raises(UserError, match=r"distill.options.apd gives it .*'temperature': 2.0.* would be dropped"):
+        build_methods(["kd", "apd"], ctx, {"apd": {"kd_temperature": 2.0}}, {})
+    losses, _ = build_methods(["kd", "apd"], ctx, {"apd": {"kd_temperature": 1.0}}, {})  # the same KD: fine
+    assert losses["kd"].temperature == 1.0
+
+
+def test_a_tap_no_model_defines_is_one_line():
+    """A method reading a tap that the config's taps leave out: a UserError naming the side and the key."""
+    from segdistill.distill.methods import MethodContext, build_methods
+    from segdistill.errors import UserError
+
+    ctx = MethodContext(19, {"logits": 19}, {"feat": 32, "logits": 19})
+    with pytest.raises(UserError, match=r"student's 'feat' tap, which is not defined \(defined: logits\); set "):
+        build_methods(["mgd"], ctx, {}, {})

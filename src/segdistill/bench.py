@@ -40,7 +40,7 @@ from .engine.run import (
     run_maskd_tokens,
     run_train,
 )
-from .errors import UserError
+from .errors import LossNotFinite, UserError
 from .models.sources import default_taps
 from .report import bench_figures
 from .report.figures import prediction_panel
@@ -82,32 +82,69 @@ def method_config(recipe: Path, method: str, seed: int, out: Path, overrides: li
     return Run(method, seed, config, source)
 
 
-def _finished(run: Run) -> dict | None:
-    summary = run.config.run_dir / "summary.json"
-    saved = run.config.run_dir / "config.yaml"
-    if not (summary.is_file() and saved.is_file()):
-        return None
-    if with_current_defaults(yaml.safe_load(saved.read_text())) != config_to_dict(run.config):
-        return None
-    return json.loads(summary.read_text())
-
-
-def ensure_maskd_tokens(run: Run, overrides: list[str], console: Console) -> None:
-    """MasKD distils through receptive tokens learned first on the teacher: when the run's
-    ``distill.options.maskd.tokens`` does not exist yet, run the token stage (``maskd_tokens.yaml`` beside the
-    method's recipe, resumable; the bench's ``data.``, ``teacher.`` and ``train.iters`` overrides apply to it,
-    the rest of its schedule stays) and check that it wrote them there."""
+def maskd_tokens_problem(run: Run) -> str | None:
+    """Why the bench cannot give this MasKD run its receptive tokens (``None`` when it can): the run's
+    ``distill.options.maskd.tokens`` must exist or be the output of ``maskd_tokens.yaml`` beside its recipe
+    (the bench then runs that token stage first)."""
     assert run.config.distill is not None
     tokens = method_options("maskd", run.config.distill.options.get("maskd")).tokens
     recipe = run.source.parent / "maskd_tokens.yaml"
-    if not tokens or Path(tokens).is_file() or not recipe.is_file():
-        return  # set and present, or the method's builder names what is missing
+    if tokens and (Path(tokens).is_file() or recipe.is_file()):
+        return None
+    where = f"{tokens} does not exist" if tokens else "distill.options.maskd.tokens is not set"
+    return (
+        f"MasKD distils through receptive tokens learned first on the teacher: {where} and {recipe} (the token "
+        f"stage's recipe) does not either; learn them with `segdistill maskd-tokens CONFIG` and set "
+        f"distill.options.maskd.tokens, or leave maskd out of --methods"
+    )
+
+
+def _finished(run: Run) -> dict | None:
+    """The run's ``summary.json``, or its ``diverged.json`` record (``{"diverged": {...}}``), when the run
+    folder holds one written under this very config; else ``None`` (the run is (re)started)."""
+    saved = run.config.run_dir / "config.yaml"
+    for name in ("summary.json", "diverged.json"):
+        path = run.config.run_dir / name
+        if path.is_file() and saved.is_file():
+            if with_current_defaults(yaml.safe_load(saved.read_text())) != config_to_dict(run.config):
+                return None
+            return json.loads(path.read_text())
+    return None
+
+
+def _diverged(run: Run, exc: LossNotFinite) -> dict:
+    """Record a run that stopped on a non-finite loss (``diverged.json`` beside its ``config.yaml``, written
+    through a temporary file), so the comparison goes on and a later bench reuses the outcome."""
+    record = {"diverged": {"step": exc.step, "terms": exc.terms, "message": str(exc)}}
+    path = run.config.run_dir / "diverged.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(path)
+    return record
+
+
+def ensure_maskd_tokens(run: Run, overrides: list[str], console: Console) -> None:
+    """MasKD distils through receptive tokens learned first on the teacher: when ``maskd_tokens.yaml`` beside
+    the method's recipe exists, its token stage is brought to its end first (resumed; nothing is run when its
+    folder holds a finished stage under the same config), with the bench's ``data.``, ``teacher.`` and
+    ``train.iters`` overrides (the rest of its schedule stays), and must write the tokens the run reads.
+    Without that recipe, the run's own ``distill.options.maskd.tokens`` file is used (checked by the builder)."""
+    assert run.config.distill is not None
+    tokens = method_options("maskd", run.config.distill.options.get("maskd")).tokens
+    recipe = run.source.parent / "maskd_tokens.yaml"
+    if not recipe.is_file():
+        return
     shared = [o for o in overrides if o.split("=", 1)[0].startswith(("data.", "teacher.", "train.iters"))]
     config = load_config(recipe, shared)
-    console.print(f"bench: learning MasKD's receptive tokens first ({recipe} -> {config.run_dir})")
-    run_maskd_tokens(config, resume=True, console=console)
-    if not Path(tokens).is_file():
-        raise UserError(f"{recipe} wrote its tokens to {config.run_dir}, not to distill.options.maskd.tokens={tokens}")
+    stage = Run("maskd-tokens", config.seed, config, recipe)
+    if tokens and Path(tokens).resolve() != (config.run_dir / "checkpoints" / "last.pt").resolve():
+        raise UserError(
+            f"{recipe} writes its tokens to {config.run_dir / 'checkpoints' / 'last.pt'}, not to "
+            f"distill.options.maskd.tokens={tokens}"
+        )
+    if _finished(stage) is None:
+        console.print(f"bench: learning MasKD's receptive tokens first ({recipe} -> {config.run_dir})")
+        run_maskd_tokens(config, resume=True, console=console)
 
 
 def _execute(run: Run, console: Console) -> dict:
@@ -159,34 +196,50 @@ def paired_difference(a: list[float], b: list[float]) -> dict | None:
     return {"mean": mean, "low": low, "high": high, "n": n, "resolved": low > 0 or high < 0}
 
 
+def _miou(result: dict) -> float | None:
+    """A run's val mIoU; ``None`` for a run that diverged."""
+    return result["val"]["mIoU"] if "val" in result else None
+
+
 def summarise(results: dict[str, list[dict]], seeds: list[int], teacher_miou: float | None, names: list[str]) -> dict:
     """Per method: mIoU mean/sd, per-seed values, gain over the baseline (mean ± sd of per-seed
-    gains), share of the teacher-student gap closed, per-class mean IoU, seconds per iteration."""
+    gains), share of the teacher-student gap closed, per-class mean IoU, seconds per iteration.
+
+    A run that diverged (``{"diverged": {"step": ...}}``) is listed in ``row["diverged"]`` (seed -> step) and
+    left out of every statistic: the means are over the seeds that finished, the gains and paired
+    differences over the seeds where both runs finished; a method with no finished seed has no mIoU."""
     rows = {}
     base = results.get("baseline")
-    base_mean = statistics.fmean(r["val"]["mIoU"] for r in base) if base else None
-    base_time = statistics.fmean(r["val"]["train_seconds"] / r["iters"] for r in base) if base else None
+    base_done = [r for r in base if "val" in r] if base else []
+    base_mean = statistics.fmean(r["val"]["mIoU"] for r in base_done) if base_done else None
+    base_time = statistics.fmean(r["val"]["train_seconds"] / r["iters"] for r in base_done) if base_done else None
     for method, runs in results.items():
-        mious = [r["val"]["mIoU"] for r in runs]
-        mean, sd = _mean_sd(mious)
-        row = {"mIoU": mean, "sd": sd, "per_seed": mious}
-        if base and method != "baseline":
-            gains = [r["val"]["mIoU"] - b["val"]["mIoU"] for r, b in zip(runs, base)]
-            row["gain"], row["gain_sd"] = _mean_sd(gains)
-            row["vs_baseline"] = paired_difference(mious, [b["val"]["mIoU"] for b in base])
+        done = [r for r in runs if "val" in r]
+        row: dict = {"per_seed": [_miou(r) for r in runs], "mIoU": None, "sd": None, "s_per_it": None}
+        row["diverged"] = {seed: r["diverged"]["step"] for seed, r in zip(seeds, runs) if "diverged" in r}
+        row["per_class"] = [None] * len(names)
+        rows[method] = row
+        if not done:
+            continue
+        row["mIoU"], row["sd"] = _mean_sd([r["val"]["mIoU"] for r in done])
+        if base_done and method != "baseline":
+            pairs = [(_miou(r), _miou(b)) for r, b in zip(runs, base) if "val" in r and "val" in b]
+            if pairs:
+                row["gain"], row["gain_sd"] = _mean_sd([m - b for m, b in pairs])
+                row["vs_baseline"] = paired_difference([m for m, _ in pairs], [b for _, b in pairs])
         if "apd" in results and method not in ("apd", "baseline"):
-            row["vs_apd"] = paired_difference(mious, [r["val"]["mIoU"] for r in results["apd"]])
-            if teacher_miou is not None and teacher_miou != base_mean:
-                row["gap_closed"] = (mean - base_mean) / (teacher_miou - base_mean)
+            pairs = [(_miou(r), _miou(a)) for r, a in zip(runs, results["apd"]) if "val" in r and "val" in a]
+            row["vs_apd"] = paired_difference([m for m, _ in pairs], [a for _, a in pairs])
+            if teacher_miou is not None and base_mean is not None and teacher_miou != base_mean:
+                row["gap_closed"] = (row["mIoU"] - base_mean) / (teacher_miou - base_mean)
         per_class = []
         for c in range(len(names)):
-            values = [r["val"]["iou"][c] for r in runs if r["val"]["iou"][c] is not None]
+            values = [r["val"]["iou"][c] for r in done if r["val"]["iou"][c] is not None]
             per_class.append(statistics.fmean(values) if values else None)
         row["per_class"] = per_class
-        row["s_per_it"] = statistics.fmean(r["val"]["train_seconds"] / r["iters"] for r in runs)
+        row["s_per_it"] = statistics.fmean(r["val"]["train_seconds"] / r["iters"] for r in done)
         if base_time:
             row["time_ratio"] = row["s_per_it"] / base_time
-        rows[method] = row
     return rows
 
 
@@ -209,17 +262,22 @@ def write_results(
     """``results.csv`` (one row per run) and ``results.md``; returns the markdown."""
     with open(out / "results.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["method", "seed", "mIoU", "pixel_acc", "train_seconds", "iters", *names])
+        writer.writerow(["method", "seed", "status", "mIoU", "pixel_acc", "train_seconds", "iters", *names])
         for method, runs in results.items():
             for seed, r in zip(seeds, runs):
+                if "val" not in r:  # diverged: no metrics, the step it stopped at in the status column
+                    writer.writerow([method, seed, f"diverged at step {r['diverged']['step']}", "", "", "", "",
+                                     *[""] * len(names)])  # fmt: skip
+                    continue
                 iou = ["" if v is None else f"{v:.6f}" for v in r["val"]["iou"]]
-                writer.writerow([method, seed, f"{r['val']['mIoU']:.6f}", f"{r['val']['pixel_acc']:.6f}",
+                writer.writerow([method, seed, "finished", f"{r['val']['mIoU']:.6f}", f"{r['val']['pixel_acc']:.6f}",
                                  f"{r['val']['train_seconds']:.2f}", r["iters"], *iou])  # fmt: skip
     teacher_miou = teacher["val"]["mIoU"] if teacher else None
     lines = [
         f"seeds {seeds}; val mIoU (%), mean ± s.d. over seeds; gain = mean ± s.d. of the per-seed gains over "
         f"the baseline; gap closed = gain / (teacher - baseline); s/it = training seconds per iteration "
-        f"(final evaluation included)" + (f"; teacher {_pct(teacher_miou)}" if teacher else ""),
+        f"(final evaluation included); a run that stopped on a non-finite loss is shown as diverged and left out "
+        f"of the statistics" + (f"; teacher {_pct(teacher_miou)}" if teacher else ""),
         "",
         "| method | mIoU | per seed | gain | gap closed | s/it | time vs baseline |",
         "|---|---|---|---|---:|---:|---:|",
@@ -228,11 +286,13 @@ def write_results(
         gain = f"{_pct(row['gain'], True)} ± {_pct(row['gain_sd'])}" if "gain" in row else "-"
         gap = f"{100 * row['gap_closed']:.1f} %" if "gap_closed" in row else "-"
         ratio = f"x{row['time_ratio']:.2f}" if "time_ratio" in row else "-"
-        seeds_text = " / ".join(_pct(v) for v in row["per_seed"])
-        lines.append(
-            f"| {method} | {_pct(row['mIoU'])} ± {_pct(row['sd'])} | {seeds_text} | {gain} | {gap} | "
-            f"{row['s_per_it']:.3f} | {ratio} |"
+        seeds_text = " / ".join(
+            _pct(v) if v is not None else f"diverged (step {row['diverged'][seed]})"
+            for seed, v in zip(seeds, row["per_seed"])
         )
+        miou = f"{_pct(row['mIoU'])} ± {_pct(row['sd'])}" if row["mIoU"] is not None else "diverged"
+        speed = f"{row['s_per_it']:.3f}" if row["s_per_it"] is not None else "-"
+        lines.append(f"| {method} | {miou} | {seeds_text} | {gain} | {gap} | {speed} | {ratio} |")
     paired = [(m, row) for m, row in rows.items() if row.get("vs_baseline") or row.get("vs_apd")]
     if paired:
         lines += [
@@ -261,7 +321,7 @@ def write_results(
 
 def run_bench(
     recipe: str,
-    methods: list[str],
+    methods: list[str] | None,
     seeds: list[int],
     out: str,
     overrides: list[str],
@@ -272,9 +332,19 @@ def run_bench(
     recipe_path, out_dir = Path(recipe), Path(out)
     if not recipe_path.is_file():
         raise UserError(f"config file not found: {recipe_path}")
+    chosen = methods is not None
+    methods = list(methods) if chosen else list(DEFAULT_METHODS)
     if "baseline" in methods and methods[0] != "baseline":
         methods = ["baseline", *[m for m in methods if m != "baseline"]]
     runs = [method_config(recipe_path, m, s, out_dir, overrides) for s in seeds for m in methods]  # checked first
+    for run in [r for r in runs if r.method == "maskd"]:
+        problem = maskd_tokens_problem(run)
+        if problem and chosen:
+            raise UserError(f"bench: {problem}")
+        if problem:  # the default list: every method this recipe can run
+            console.print(f"bench: maskd left out: {problem}")
+            methods = [m for m in methods if m != "maskd"]
+            runs = [r for r in runs if r.method != "maskd"]
     base = load_config(recipe_path, overrides)
     names = class_names(base.data.dataset)
     start = time.perf_counter()
@@ -285,6 +355,7 @@ def run_bench(
     )
     quiet = Console(stderr=True, quiet=True)
     results: dict[str, list[dict]] = {m: [] for m in methods}
+    finished: list[Run] = []  # the runs with a final checkpoint (figures)
     progress = Progress(
         TextColumn("[bold]bench"),
         BarColumn(),
@@ -305,19 +376,30 @@ def run_bench(
                 )
             if run.method == "maskd" and _finished(run) is None:
                 ensure_maskd_tokens(run, overrides, console)
-            results[run.method].append(_execute(run, quiet))
+            try:
+                result = _execute(run, quiet)
+            except LossNotFinite as exc:
+                result = _diverged(run, exc)
+                console.print(f"bench: {run.config.name} diverged ({exc}); recorded, going on")
+            results[run.method].append(result)
+            if "val" in result:
+                finished.append(run)
             progress.update(bar, advance=1)
     rows = summarise(results, seeds, teacher["val"]["mIoU"] if teacher else None, names)
     text = write_results(out_dir, rows, results, seeds, teacher, names)
     if figures:
-        make_figures(out_dir, runs, rows, names, base, console)
+        make_figures(out_dir, finished, {m: r for m, r in rows.items() if r["mIoU"] is not None}, names, base, console)
     table = Table(title=f"bench: {recipe} (seeds {seeds})")
     for column in ("method", "mIoU", "gain", "gap closed", "s/it"):
         table.add_column(column, justify="left" if column == "method" else "right")
     for method, row in rows.items():
         gain = f"{_pct(row['gain'], True)} ± {_pct(row['gain_sd'])}" if "gain" in row else "-"
         gap = f"{100 * row['gap_closed']:.1f} %" if "gap_closed" in row else "-"
-        table.add_row(method, f"{_pct(row['mIoU'])} ± {_pct(row['sd'])}", gain, gap, f"{row['s_per_it']:.3f}")
+        miou = f"{_pct(row['mIoU'])} ± {_pct(row['sd'])}" if row["mIoU"] is not None else "diverged"
+        if row["diverged"] and row["mIoU"] is not None:
+            miou += f" ({len(row['diverged'])} diverged)"
+        speed = f"{row['s_per_it']:.3f}" if row["s_per_it"] is not None else "-"
+        table.add_row(method, miou, gain, gap, speed)
     console.print(table)
     console.print(f"{len(runs)} runs in {time.perf_counter() - start:.0f} s; results in {out_dir / 'results.md'}")
     return {"rows": rows, "markdown": text, "teacher": teacher}

@@ -347,10 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--methods",
         nargs="+",
-        default=list(BENCH_METHODS),
+        default=None,
         choices=BENCH_METHODS,
         metavar="METHOD",
-        help=f"any of: {', '.join(BENCH_METHODS)} (default: all)",
+        help=f"any of: {', '.join(BENCH_METHODS)} (default: all that the recipe can run; maskd needs its tokens "
+        "or a maskd_tokens.yaml beside the recipe)",
     )
     bench.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     bench.add_argument("--out", default="runs/bench")

@@ -45,8 +45,19 @@ class MaskedTeacher(nn.Module):
             self.teacher(images)
         return self.recorder.collect()[self.tap]
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 - nn.Module's signature
+        """``.to()`` / ``.cuda()`` / ``.double()`` / channels-last reach the hidden teacher too."""
+        self.teacher._apply(fn)
+        return super()._apply(fn, recurse)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Without ``labels``: ``{"out": masked logits}``. With ``labels B x H x W``: the stage's terms
+        ``{"maskd_task", "maskd_dice"}`` (:func:`~segdistill.distill.maskd.mask_learning_loss`), computed inside
+        ``forward`` so that a DistributedDataParallel wrapper sees the tokens used (and averages their
+        gradients over ranks)."""
         f = self.teacher_map(images)
+        if labels is not None:
+            return mask_learning_loss(self.tokens, f, labels, self.classifier)
         masks = self.tokens(f)
         logits = f.float() * masks.sum(dim=1, keepdim=True)
         if self.classifier is not None:
@@ -60,17 +71,17 @@ class TokenTask(nn.Module):
 
     def __init__(self, student: MaskedTeacher, dice_weight: float = 1.0) -> None:
         super().__init__()
-        self.student = student
+        self.student = student  # under DDP, the trainer replaces it by its wrapper
+        self.__dict__["tokens"] = student.tokens  # the trained parameters, whatever wraps the student
         self.dice_weight = dice_weight
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:
-        f = self.student.teacher_map(images)
-        terms = mask_learning_loss(self.student.tokens, f, labels, self.student.classifier)
+        terms = self.student(images, labels)
         losses = {"maskd_task": terms["maskd_task"], "maskd_dice": self.dice_weight * terms["maskd_dice"]}
         return StepOutput(total=sum(losses.values()), losses=losses)
 
     def param_groups(self, lr: float, head_lr_mult: float) -> list[dict]:
-        return [{"params": list(self.student.tokens.parameters()), "lr": lr, "lr_mult": 1.0, "name": "tokens"}]
+        return [{"params": list(self.tokens.parameters()), "lr": lr, "lr_mult": 1.0, "name": "tokens"}]
 
     def own_steps(self) -> list:
         return []

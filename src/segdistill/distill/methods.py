@@ -63,6 +63,25 @@ class MethodContext:
     teacher_channels: dict[str, int]
     ignore_index: int = IGNORE_INDEX
 
+    def __post_init__(self) -> None:
+        self.student_channels = TapChannels("student", self.student_channels)
+        self.teacher_channels = TapChannels("teacher", self.teacher_channels)
+
+
+class TapChannels(dict):
+    """Channels by tap name; a tap that a method reads and the side does not define is a one-line error."""
+
+    def __init__(self, side: str, channels: dict[str, int]) -> None:
+        super().__init__(channels)
+        self.side = side
+
+    def __missing__(self, tap: str) -> int:
+        defined = ", ".join(sorted(self)) or "none"
+        raise UserError(
+            f"a distillation method reads the {self.side}'s {tap!r} tap, which is not defined (defined: {defined}); "
+            f"set distill.{self.side}_taps.{tap} to a module name (`segdistill taps CONFIG` lists them)"
+        )
+
 
 def build_kd(ctx: MethodContext, opts: KDOptions) -> Built:
     """Pixel-wise KD on logits as the APD release runs it: T=1, 'mean' reduction, upsampled to the label
@@ -291,24 +310,48 @@ def build_methods(
 ) -> tuple[dict[str, nn.Module], dict[str, float]]:
     """Losses and weights for the listed methods; ``weights`` (from the config) override the defaults.
 
-    A loss that two methods both bring (APD brings KD) is built once, by the first that lists it
-    explicitly."""
+    A loss that two methods both bring is built once: by the method of that name when it is listed (an
+    explicit ``kd`` or ``cwd`` with its options wins over the KD that APD brings or the CWD that MGD brings),
+    else by the first listed. When the copy left out differs from the one kept and comes from a method whose
+    options the config sets (e.g. ``apd.kd_temperature`` next to an explicit ``kd``), the config is refused
+    in one line: those options would be dropped silently."""
     for key in options:
         if key not in names:
             raise UserError(f"distill.options has an entry for {key!r}, which is not in distill.methods {names}")
     losses: dict[str, nn.Module] = {}
     merged: dict[str, float] = {}
-    for name in sorted(names, key=lambda n: n != "kd"):  # an explicit kd wins over APD's built-in one
+    brought_by: dict[str, str] = {}
+    for name in sorted(names, key=lambda n: n != "kd"):  # kd first: the losses' order as before
         check_method(name)
         built, defaults = METHODS[name](ctx, method_options(name, options.get(name)))
         for key, loss in built.items():
-            if key not in losses:
-                losses[key] = loss
-                own = set(getattr(loss, "terms", ())) | {key}
-                merged.update({k: v for k, v in defaults.items() if k in own})
+            own = set(getattr(loss, "terms", ())) | {key}
+            if key in losses:
+                first = brought_by[key]
+                kept, dropped = (loss, first) if name == key else (losses[key], name)
+                other = losses[key] if name == key else loss
+                if options.get(dropped) and loss_settings(kept) != loss_settings(other):
+                    raise UserError(
+                        f"distill.methods {first} and {name} both bring the {key!r} loss; {key!r} is built by "
+                        f"{brought_by[key] if name != key else name}, so the settings that distill.options.{dropped} "
+                        f"gives it ({loss_settings(other)}) would be dropped; set them on one method only"
+                    )
+                if name != key:
+                    continue  # the owner's or the first listed method's copy is kept
+            losses[key] = loss  # a new loss, or the method of that name replacing another's built-in one
+            brought_by[key] = name
+            merged.update({k: v for k, v in defaults.items() if k in own})
     merged.update(weights)
     _check_class_score_taps(losses, ctx)
     return losses, merged
+
+
+def loss_settings(loss: nn.Module) -> dict[str, Any]:
+    """A loss module's class and plain settings (numbers, strings, flags, tuples), for telling whether two
+    methods bring the same loss."""
+    plain = (bool, int, float, str, tuple, type(None))
+    found = {k: v for k, v in vars(loss).items() if not k.startswith("_") and k != "training" and isinstance(v, plain)}
+    return {"class": type(loss).__name__, **dict(sorted(found.items()))}
 
 
 CLASS_SCORE_TAPS = ("logits", "aux_logits")

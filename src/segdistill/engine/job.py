@@ -84,6 +84,7 @@ def run_job(job: Job, make_task: MakeTask, resume: bool = False, console: Consol
         if info.is_main:
             prepare_run_dir(config.run_dir)
             (config.run_dir / "summary.json").unlink(missing_ok=True)  # written only by a finished run
+            (config.run_dir / "diverged.json").unlink(missing_ok=True)  # written by the bench for a stopped run
         seed_everything(config.seed, config.train.deterministic)
         if info.is_main:  # rank 0 prepares the data (generation), then the others read it
             train_set, val_set = job.datasets(console)

@@ -16,7 +16,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..base.method_options import method_options
-from ..config import Config, ModelConfig
+from ..base.weights_io import load_checkpoint
+from ..config import Config, ModelConfig, config_to_dict, with_current_defaults
 from ..data.datasets import build_dataset, prepare_dataset
 from ..data.labels import train_id_to_id_lut
 from ..distill import Distiller, MaskedTeacher, TokenTask, probe_channels
@@ -291,13 +292,52 @@ class MaskTokenJob(SegmentationJob):
 
 def run_maskd_tokens(config: Config, resume: bool = False, console: Console | None = None) -> dict:
     """MasKD stage 1: learn the receptive tokens on the frozen ``config.teacher`` with ``config.train``'s
-    schedule (the release: SGD lr 0.1, momentum 0.9, weight decay 1e-3, poly 0.9, 10k iterations)."""
+    schedule (the release: SGD lr 0.1, momentum 0.9, weight decay 1e-3, poly 0.9, 10k iterations).
+
+    The stage writes ``<run_dir>/checkpoints/last.pt``; a config whose ``distill.options.maskd.tokens`` names
+    another run's file (e.g. the distillation recipe itself, whose run folder the stage would take over) is
+    refused. The folder above is not compared (``out_dir`` may be overridden)."""
     if config.teacher is None or not has_trained_weights(config.teacher):
         raise UserError("MasKD's token stage needs a trained teacher: set teacher.weights")
     if config.distill is None:
         raise UserError("config has no 'distill' section (distill.options.maskd holds the token settings)")
     opts = method_options("maskd", config.distill.options.get("maskd"))
+    written = config.run_dir / "checkpoints" / "last.pt"
+    if opts.tokens and Path(opts.tokens).parts[-3:] != written.parts[-3:]:
+        raise UserError(
+            f"this token stage would write its tokens to {written}, but distill.options.maskd.tokens is "
+            f"{opts.tokens}: run the token recipe (configs/<dataset>/maskd_tokens.yaml), or set "
+            f"distill.options.maskd.tokens={written}"
+        )
     return run_job(MaskTokenJob(config), lambda student, device: TokenTask(student, opts.dice_weight), resume, console)
+
+
+def check_maskd_tokens(config: Config) -> None:
+    """MasKD's tokens must come from a finished token stage on this very teacher: a stage checkpoint
+    (``checkpoints/last.pt``, which carries its step and config) from before the end of its schedule, or
+    learned on another teacher section, is refused in one line. A tokens file without that record (e.g.
+    exported tokens) is taken as it is."""
+    assert config.distill is not None and config.teacher is not None
+    tokens = method_options("maskd", config.distill.options.get("maskd")).tokens
+    if not tokens or not Path(tokens).is_file() or Path(tokens).suffix == ".safetensors":
+        return  # unset / missing: the method's builder says what to run
+    state = load_checkpoint(tokens)
+    if "step" not in state or not isinstance(state.get("config"), dict):
+        return
+    saved = with_current_defaults(state["config"])
+    iters = saved.get("train", {}).get("iters")
+    resume = "finish it with `segdistill maskd-tokens CONFIG --resume`"
+    if iters is not None and int(state["step"]) < int(iters):
+        raise UserError(
+            f"{tokens} holds the tokens of an unfinished token stage (step {state['step']} of {iters}); {resume}"
+        )
+    ours, theirs = config_to_dict(config)["teacher"], saved.get("teacher") or {}
+    for key in sorted(set(ours) | set(theirs)):
+        if ours.get(key) != theirs.get(key):
+            raise UserError(
+                f"{tokens} was learned on another teacher (teacher.{key}: {theirs.get(key)!r} there, "
+                f"{ours.get(key)!r} here); learn the tokens on this teacher with `segdistill maskd-tokens CONFIG`"
+            )
 
 
 def run_distill(config: Config, resume: bool = False, console: Console | None = None) -> dict:
@@ -318,6 +358,8 @@ def run_distill(config: Config, resume: bool = False, console: Console | None = 
         )
     if config.distill is None:
         raise UserError("config has no 'distill' section (distill.methods lists the methods)")
+    if "maskd" in config.distill.methods:
+        check_maskd_tokens(config)
 
     def task(student: nn.Module, device: torch.device) -> nn.Module:
         teacher = build_model(config.teacher, key="teacher").to(device)

@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..config import Config, TrainConfig, config_to_dict, with_current_defaults
-from ..errors import UserError
+from ..errors import LossNotFinite, UserError
 from ..models import Segmentor
 from .checkpoint import load_latest_checkpoint, prepare_run_dir, save_training_checkpoint
 from .distributed import (
@@ -355,7 +355,7 @@ class Trainer:
         last = self.ckpt_dir / "last.pt"
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
         reason = f" after {self.skipped} skipped batches (train.max_skips)" if cfg.nonfinite == "skip" else ""
-        raise UserError(f"loss is not finite {where}{reason}; {kept}; try a lower train.lr")
+        raise LossNotFinite(f"loss is not finite {where}{reason}; {kept}; try a lower train.lr", self.step + 1, bad)
 
     score_key = "mIoU"  # the val metric that picks checkpoints/best.pt
 
