@@ -207,6 +207,11 @@ class EvalConfig:
             raise UserError(
                 f"config keys {prefix}keep_ratio and {prefix}base_size both resize the image; set one of them"
             )
+        if self.window_merge == "softmax" and self.mode != "slide":
+            raise UserError(
+                f"config key {prefix}window_merge=softmax merges sliding windows, but {prefix}mode={self.mode}; "
+                f"set {prefix}mode=slide or {prefix}window_merge=logits"
+            )
 
 
 @dataclass

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -20,7 +22,7 @@ from ..errors import UserError
 from ..models import build_segmentor
 from ..models.input_norm import renormalise_input
 from ..models.sources import build_hf, build_python, build_smp, build_torchvision, check_segmentation_output
-from ..models.zoo import ZOOS, convert_checkpoint
+from ..models.zoo import ARCH_KEYS, ZOOS, convert_checkpoint, converted_section, resolved_widths
 from .checkpoint import load_model_weights, load_weights_file
 from .evaluator import collate_eval
 
@@ -109,7 +111,7 @@ def build_model(cfg: ModelConfig, num_classes: int | None = None, *, key: str = 
     if zoo_state is not None:
         load_model_weights(model, zoo_state, cfg.weights)
     elif cfg.weights:
-        load_weights(model, cfg.weights)
+        load_weights(model, cfg.weights, cfg, key)
     renormalise_input(model, cfg.input_mean, cfg.input_std, cfg.input_channels)
     return model
 
@@ -125,20 +127,64 @@ def zoo_weights(cfg: ModelConfig, key: str) -> dict[str, torch.Tensor]:
     assert cfg.weights is not None
     zoo, path = cfg.weights.split(":", 1)
     converted = convert_checkpoint(path, zoo)
-    for name, wanted in converted.section.items():
+    mismatch = section_mismatch(cfg, converted.section)
+    if mismatch is not None:
+        name, wanted, have = mismatch
+        raise UserError(
+            f"{key}.weights {cfg.weights} is a {converted.title}: it needs {key}.{name}={wanted!r}, "
+            f"the config has {have} (`segdistill convert {path} --from {zoo}` prints the whole section)"
+        )
+    return converted.state
+
+
+# The width keys whose None the model builder resolves (to a width that depends on the head and backbone).
+RESOLVED_WIDTHS = ("head_channels", "ppm_channels")
+
+
+def section_mismatch(cfg: ModelConfig, wanted: dict[str, Any]) -> tuple[str, Any, str] | None:
+    """The first key of a converted model section ``wanted`` that the section ``cfg`` does not
+    match: ``(key, wanted value, what the config has)``, or ``None`` when all match. A width the
+    config leaves unset (``None``) is compared as the model builder resolves it; ``aux: false``
+    matches (the auxiliary head's weights are left out); means and stds to a relative 1e-6."""
+    known = {f.name for f in dataclasses.fields(cfg)}
+    widths: dict[str, int] | None = None
+    for name, value in wanted.items():
+        if name == "weights" or name not in known:
+            continue
         have = getattr(cfg, name)
         if name == "aux" and not have:
             continue  # a model without the auxiliary head: its weights are left out
         if name in ("input_mean", "input_std"):
-            same = len(have) == len(wanted) and all(abs(a - b) <= 1e-6 * abs(b) for a, b in zip(have, wanted))
+            same = len(have) == len(value) and all(abs(a - b) <= 1e-6 * abs(b) for a, b in zip(have, value))
+        elif name in RESOLVED_WIDTHS and have is None and cfg.source == "segdistill":
+            if widths is None:
+                section = {k: getattr(cfg, k) for k in ("head", "backbone", "num_classes", *ARCH_KEYS)}
+                widths = resolved_widths(section)
+            if widths.get(name) == value:
+                continue
+            return name, value, f"None (which the builder makes {widths.get(name)!r})"
         else:
-            same = have == wanted
+            same = have == value
         if not same:
-            raise UserError(
-                f"{key}.weights {cfg.weights} is a {converted.title}: it needs {key}.{name}={wanted!r}, "
-                f"the config has {have!r} (`segdistill convert {path} --from {zoo}` prints the whole section)"
-            )
-    return converted.state
+            return name, value, repr(have)
+    return None
+
+
+def check_converted_file(path: str, cfg: ModelConfig, key: str) -> None:
+    """A ``.safetensors`` file written by ``segdistill convert`` stores the model section it was
+    converted with: the section ``cfg`` that loads it must describe the same architecture and
+    normalisation (a file without that metadata is not checked)."""
+    found = converted_section(path)
+    if found is None:
+        return
+    wanted, title = found
+    mismatch = section_mismatch(cfg, wanted)
+    if mismatch is not None:
+        name, value, have = mismatch
+        raise UserError(
+            f"{path} was converted from a zoo checkpoint ({title}) with {key}.{name}={value!r}; "
+            f"the config has {have} (the .yaml written beside it holds the whole section)"
+        )
 
 
 def check_model_output(cfg: ModelConfig, model: nn.Module, size: tuple[int, int], key: str = "model") -> None:
@@ -151,9 +197,12 @@ def check_model_output(cfg: ModelConfig, model: nn.Module, size: tuple[int, int]
 LIBRARY_BUILDERS = {"torchvision": build_torchvision, "smp": build_smp, "python": build_python}
 
 
-def load_weights(model: nn.Module, spec: str) -> None:
+def load_weights(model: nn.Module, spec: str, cfg: ModelConfig | None = None, key: str = "model") -> None:
     """Load ``spec`` into ``model``: ``shipped:<name>`` (checksum-verified), a zoo checkpoint
-    (``mmseg:<path>``, ``apd:<path>``, ``cirkd:<path>``, converted) or a file path."""
+    (``mmseg:<path>``, ``apd:<path>``, ``cirkd:<path>``, converted) or a file path.
+
+    With ``cfg`` (the model section, ``key`` its name for messages), a converted ``.safetensors``
+    file is checked against the section it was converted with (:func:`check_converted_file`)."""
     if spec.startswith("shipped:"):
         state, source = load_shipped(spec.split(":", 1)[1])
     elif is_zoo_spec(spec):
@@ -161,6 +210,8 @@ def load_weights(model: nn.Module, spec: str) -> None:
         state, source = convert_checkpoint(path, zoo).state, spec
     else:
         state, source = load_weights_file(spec), spec
+        if cfg is not None and Path(spec).suffix == ".safetensors":
+            check_converted_file(spec, cfg, key)
     load_model_weights(model, state, source)
 
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..base.outputs import output_logits
 
-__all__ = ["forward_logits", "keep_ratio_factor", "output_logits", "predict", "slide_logits"]
+__all__ = ["forward_logits", "keep_ratio_factor", "keep_ratio_size", "output_logits", "predict", "slide_logits"]
 
 WINDOW_MERGES = ("logits", "softmax")
 
@@ -89,6 +89,12 @@ def keep_ratio_factor(size: Sequence[int], keep_ratio: Sequence[int]) -> float:
     return min(long_side / max(size), short_side / min(size))
 
 
+def keep_ratio_size(size: Sequence[int], factor: float) -> tuple[int, int]:
+    """The image size (H, W) that ``size`` resized by ``factor`` gets in mmcv's ``rescale_size``:
+    each side ``int(side * factor + 0.5)`` (half rounds up; Python's ``round`` would round half to even)."""
+    return int(size[0] * float(factor) + 0.5), int(size[1] * float(factor) + 0.5)
+
+
 @torch.no_grad()
 def predict(
     model: nn.Module,
@@ -132,7 +138,10 @@ def predict(
     for scale in [s * base for s in scales]:
         scaled = images
         if scale != 1.0:
-            new_size = (int(round(size[0] * scale)), int(round(size[1] * scale)))
+            if keep_ratio:  # mmcv's rounding
+                new_size = keep_ratio_size(size, scale)
+            else:
+                new_size = (int(round(size[0] * scale)), int(round(size[1] * scale)))
             scaled = F.interpolate(images, size=new_size, mode="bilinear", align_corners=False)
         if per_window:  # flips inside each window; the windows' probabilities come back
             prob = run(scaled)

@@ -6,17 +6,25 @@ code is refused), unwraps its metadata (``{"meta", "state_dict"}``, ``{"epoch", 
 and depth from the keys, maps every key (:mod:`.layouts`), builds the matching segdistill model and
 checks that every key and shape fits it. The result carries the state dict and the model section
 that builds that model, with the normalisation the checkpoint was trained with.
+
+numpy scalars and dtypes in a checkpoint's ``meta`` (mmsegmentation's training metadata) are
+allowlisted for that load; any other pickled object is still refused. A written ``.safetensors``
+carries its model section in its metadata (:data:`SECTION_METADATA`), which loading it into a model
+section checks (``engine.builders.load_weights``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ...base.weights_io import load_checkpoint
@@ -51,6 +59,16 @@ SECTION_ORDER = (
     "input_channels",
     "weights",
 )
+# The safetensors metadata keys of a converted file: its model section (JSON) and what it was converted from.
+SECTION_METADATA = "segdistill_model_section"
+TITLE_METADATA = "segdistill_title"
+# Width keys whose ``None`` the model builder resolves, and where the state dict shows them:
+# (key, dimension) of the weight whose shape is that width.
+WIDTH_KEYS = {"head_channels": ("head.classifier.weight", 1), "ppm_channels": ("head.ppm.0.1.0.weight", 0)}
+REFUSAL_HINT = (
+    "if you trust the file, re-save its state dict alone, e.g. with mmseg's tools/publish_model.py "
+    "(1.x: tools/misc/publish_model.py) or torch.save(torch.load(f, weights_only=False)['state_dict'], out)"
+)
 
 
 @dataclass
@@ -74,10 +92,59 @@ class Converted:
         return f"{self.family} R{self.depth} ({who}), {self.section['num_classes']} classes"
 
 
+def numpy_safe_globals() -> list[Callable | tuple[Callable, str]]:
+    """The numpy globals that a checkpoint's ``meta`` may carry and that only rebuild plain values:
+    the scalar reconstructor (``numpy.core.multiarray.scalar`` in files pickled by numpy 1.x,
+    ``numpy._core.multiarray.scalar`` by numpy 2.x), ``numpy.dtype`` with its per-type classes
+    (``numpy.dtypes.Float64DType``, ...: a dtype's state is set on them) and the numeric scalar
+    types (``numpy.float64``, ...). Nothing else."""
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import scalar  # numpy 2.x
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import scalar
+    numeric = [
+        np.bool_,
+        *(np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64),
+        *(np.float16, np.float32, np.float64, np.complex64, np.complex128),
+    ]
+    allowed: list[Callable | tuple[Callable, str]] = [np.dtype, *numeric]
+    allowed += list(dict.fromkeys(type(np.dtype(t)) for t in numeric if type(np.dtype(t)) is not np.dtype))
+    own = f"{scalar.__module__}.{scalar.__qualname__}"
+    allowed.append(scalar)
+    if _named_globals():  # a pickle of the other numpy major version names the function differently
+        for name in ("numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"):
+            if name != own:
+                allowed.append((scalar, name))
+    return allowed
+
+
+def _named_globals() -> bool:
+    """``torch.serialization.safe_globals`` takes ``(function, name)`` pairs (torch 2.6 and later)."""
+    version = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2] if part.isdigit())
+    return version >= (2, 6)
+
+
+def _load_zoo_file(path: Path) -> dict:
+    """``load_checkpoint`` with numpy's scalar and dtype globals allowed (:func:`numpy_safe_globals`);
+    a refusal (any other pickled object) says how to get a loadable file."""
+    safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch 2.5 and later
+    try:
+        if safe_globals is None:
+            return load_checkpoint(path)
+        with safe_globals(numpy_safe_globals()):
+            return load_checkpoint(path)
+    except UserError as exc:
+        if isinstance(exc.__cause__, pickle.UnpicklingError):
+            raise UserError(f"{exc}; {REFUSAL_HINT}") from exc
+        raise
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The model weights of a zoo file: its ``state_dict`` (or ``model``) entry, or the file itself
     when it is a bare state dict; a ``module.`` prefix on every key is removed."""
-    obj = load_checkpoint(path)
+    obj = _load_zoo_file(path)
     state = obj
     for entry in ("state_dict", "model"):
         if isinstance(obj.get(entry), dict):
@@ -144,9 +211,10 @@ def convert_checkpoint(path: str | Path, zoo: str) -> Converted:
         raise UserError(f"{path}: no classifier weight (the {layout.family} layout's conv_seg / cls) found")
     section = {"source": "segdistill", **layout.section, "num_classes": int(classifier.shape[0])}
     section["backbone"] = section["backbone"].format(depth=depth)
-    section["head_channels"] = int(classifier.shape[1])
-    if "ppm_channels" in section and "head.ppm.0.1.0.weight" in mapped:
-        section["ppm_channels"] = int(mapped["head.ppm.0.1.0.weight"].shape[0])
+    found = state_widths(mapped)
+    section["head_channels"] = found["head_channels"]
+    if "ppm_channels" in section and "ppm_channels" in found:
+        section["ppm_channels"] = found["ppm_channels"]
     section["aux"] = any(k.startswith("aux_head.") for k in mapped)
     if layout.adjust is not None:
         section = layout.adjust(section)
@@ -163,6 +231,20 @@ def _depth(path: Path, keys: list[str], layout: Layout) -> int:
     if count not in DEPTHS:
         raise UserError(f"{path}: ResNet stage 3 has {count} blocks; known depths: 50 (6), 101 (23), 152 (36)")
     return DEPTHS[count]
+
+
+def state_widths(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """The :data:`WIDTH_KEYS` a segdistill state dict shows (``ppm_channels`` only for a PSP head)."""
+    return {name: int(state[key].shape[dim]) for name, (key, dim) in WIDTH_KEYS.items() if key in state}
+
+
+def resolved_widths(section: dict) -> dict[str, int]:
+    """The widths the model builder gives the model ``section`` describes, its ``None`` widths
+    resolved as :func:`~segdistill.models.build_segmentor` resolves them (the model is built on the
+    meta device: shapes only)."""
+    with torch.device("meta"):
+        model = build_from_section({**section, "aux": False})
+    return state_widths(model.state_dict())
 
 
 def build_from_section(section: dict) -> torch.nn.Module:
@@ -208,7 +290,13 @@ def write_converted(converted: Converted, out: str | Path) -> tuple[Path, Path]:
     if out.suffix != ".safetensors":
         raise UserError(f"--out must end in .safetensors, got {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {"converted_from": str(converted.source), "zoo": converted.zoo, "family": converted.family}
+    metadata = {
+        "converted_from": str(converted.source),
+        "zoo": converted.zoo,
+        "family": converted.family,
+        TITLE_METADATA: converted.title,
+        SECTION_METADATA: converted.section,  # checked when the file is loaded into a model section
+    }
     tmp = out.with_name(out.name + ".tmp")
     save_file(converted.state, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
     os.replace(tmp, out)
@@ -220,3 +308,25 @@ def write_converted(converted: Converted, out: str | Path) -> tuple[Path, Path]:
     tmp_yaml.write_text(text)
     os.replace(tmp_yaml, section_path)
     return out, section_path
+
+
+def converted_section(path: str | Path) -> tuple[dict, str] | None:
+    """The model section (and title) a converted ``.safetensors`` file stores in its metadata;
+    ``None`` for a file without it (e.g. ``segdistill export --safetensors``)."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, a cut header
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"weights file {path} is corrupt or truncated: {detail}") from exc
+    if SECTION_METADATA not in metadata:
+        return None
+    try:
+        section = json.loads(metadata[SECTION_METADATA])
+        title = json.loads(metadata.get(TITLE_METADATA, '""'))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: its {SECTION_METADATA} metadata is not JSON ({exc})") from exc
+    if not isinstance(section, dict):
+        raise UserError(f"{path}: its {SECTION_METADATA} metadata is not a model section")
+    return section, str(title)
