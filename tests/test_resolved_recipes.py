@@ -22,7 +22,10 @@ differ and the normalisation the weights expect, so every stored model and teach
 ``align_corners: false``, ``contract_dilation: true``, ``aspp_projection: true`` and ImageNet RGB
 ``input_mean``/``input_std``/``input_channels``: what every segdistill model did before; and the
 evaluation names two more protocol details, ``eval.keep_ratio: null`` (no mmsegmentation resize) and
-``eval.window_merge: logits`` (the only merge before)."""
+``eval.window_merge: logits`` (the only merge before).
+
+A fourth (issue 18, experiment tracking): ``train.tensorboard: true`` in every recipe (it writes TensorBoard
+events beside metrics.jsonl when the package is installed; it changes nothing that is trained)."""
 
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ TEACHER_DEFAULTS_ADDED = {"pretrained": False, "dropout": 0.1}
 SOURCE_DEFAULTS_ADDED = {"source": "segdistill", "arch": None, "kwargs": {}}
 TRAIN_DEFAULTS_ADDED = {"optimizer": "sgd"}  # issue 14: AdamW for the transformer recipes; SGD before
 EVAL_DEFAULTS_ADDED = {"keep_ratio": None, "window_merge": "logits"}  # issue 15
+TRACKING_DEFAULTS_ADDED = {"tensorboard": True}  # issue 18: TensorBoard logging when the package is installed
 ZOO_DEFAULTS_ADDED = {  # issue 15
     "align_corners": False,
     "contract_dilation": True,
@@ -60,6 +64,7 @@ def _recipes() -> list[str]:
 
 def _expected(recipe: str) -> dict:
     expected = json.loads(json.dumps(STORED[recipe]))
+    expected["train"] = {**TRACKING_DEFAULTS_ADDED, **expected["train"]}
     if "/detection/" not in recipe:
         expected["eval"] = {**EVAL_DEFAULTS_ADDED, **expected["eval"]}
         for key in ("model", "teacher"):

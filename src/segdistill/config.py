@@ -182,6 +182,8 @@ class TrainConfig:
     channels_last: bool = False
     sync_bn: bool = True  # under torchrun: BatchNorm statistics over all ranks (SyncBatchNorm; an all-reduce BN on CPU)
     dist_timeout: float = setting(600.0, Positive())  # seconds any collective may wait for the other processes
+    # also log scalars and prediction panels to <run_dir>/tensorboard when the tensorboard package is installed
+    tensorboard: bool = True
 
 
 @dataclass

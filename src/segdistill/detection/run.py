@@ -50,6 +50,10 @@ class DetectionTrainer(Trainer):
         targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
         return (images, targets), len(images)
 
+    def prediction_panel(self) -> None:
+        """No segmentation panel for detectors (their scalars still go to TensorBoard)."""
+        return None
+
     def evaluate(self) -> dict:
         """COCO metrics in float32 whatever ``train.amp`` (torchvision decodes boxes in the regression
         output's dtype: bf16 would round coordinates to whole pixels), as ``detect eval`` does."""

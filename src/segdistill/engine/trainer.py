@@ -5,9 +5,11 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -29,6 +31,7 @@ from .distributed import (
 from .evaluator import evaluate, protocol
 from .runtime import autocast_context, rng_state, set_rng_state
 from .task import OwnStep, StepOutput, Task, optimizer_steps, own_step_is_active
+from .tensorboard import TensorBoardLog, prediction_panel, tensorboard_installed
 
 
 def poly_lr(base_lr: float, step: int, total: int, power: float) -> float:
@@ -68,6 +71,7 @@ RESUMABLE_CHANGES = {
     "data.root",
     "out_dir",
     "eval.batch_size",
+    "train.tensorboard",
 }
 
 
@@ -148,6 +152,7 @@ class Trainer:
         self.trained_seconds = 0.0  # before this process (resumed runs)
         self._start: float | None = None  # perf_counter() when this process started training
         self.window: dict = {"totals": {}, "steps": 0, "images": 0}  # the log window being summed
+        self.tensorboard: TensorBoardLog | None = None  # open while fit() runs
         self.autocast = lambda: autocast_context(device, cfg.amp)
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
         if cfg.channels_last:
@@ -316,6 +321,22 @@ class Trainer:
             return
         with open(self.run_dir / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            self.tensorboard.record(record)
+
+    def _open_tensorboard(self, purge_step: int | None) -> TensorBoardLog | None:
+        """Rank 0's TensorBoard log of this run (``train.tensorboard`` and the package installed), else None;
+        a resumed run drops the events a stopped process wrote after its checkpoint (``purge_step``)."""
+        if not (self.config.train.tensorboard and self.dist.is_main and tensorboard_installed()):
+            return None
+        names = getattr(self.val_loader.dataset, "class_names", None) if self.val_loader is not None else None
+        return TensorBoardLog(self.run_dir / "tensorboard", list(names) if names else None, purge_step)
+
+    def prediction_panel(self) -> np.ndarray | None:
+        """``image | labels | prediction`` of the first val images for TensorBoard (None: no val split)."""
+        if self.val_loader is None:
+            return None
+        return prediction_panel(self.model, self.val_loader.dataset, self.device)
 
     def _inputs(self, batch: dict) -> tuple[tuple, int]:
         """The task's arguments for one loader batch, on the device, and the number of images in it."""
@@ -374,13 +395,24 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict:
         """Train to ``config.train.iters`` (continuing from the newest checkpoint when ``resume``);
         returns the final evaluation's metrics with ``train_seconds`` and ``batch_size``."""
-        cfg = self.config.train
         main = self.dist.is_main
         if main:
             prepare_run_dir(self.run_dir)
             (self.run_dir / "summary.json").unlink(missing_ok=True)  # a run in progress has no final summary
-        if not (resume and self.resume()) and main:
+        resumed = resume and self.resume()
+        if not resumed and main:
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)  # a fresh run's curves start afresh
+        self.tensorboard = self._open_tensorboard(purge_step=self.step + 1 if resumed else None)
+        try:
+            return self._fit()
+        finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+                self.tensorboard = None
+
+    def _fit(self) -> dict:
+        cfg = self.config.train
         self.task.train()
         batches = self._batches()
         last_metrics: dict = {}
@@ -412,7 +444,7 @@ class Trainer:
                 else:
                     self._train_step(out)
                     window = self.window
-                    for name, value in out.losses.items():
+                    for name, value in {**out.losses, **out.own_losses}.items():  # own: e.g. apd_teacher_ce
                         window["totals"][name] = window["totals"].get(name, 0.0) + value.detach()
                     window["totals"]["loss"] = window["totals"].get("loss", 0.0) + out.total.detach()
                     window["steps"] += 1
@@ -471,6 +503,10 @@ class Trainer:
         if self.val_loader is not None:
             metrics = self.evaluate()
             self._log({"step": self.step, "eval": metrics})
+            if self.tensorboard is not None:
+                panel = self.prediction_panel()
+                if panel is not None:
+                    self.tensorboard.panel(self.step, panel)
             if self.dist.is_main:
                 self.console.print(f"step {self.step}: val {self.describe(metrics)}")
         score = metrics.get(self.score_key, -1.0)
