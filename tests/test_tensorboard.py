@@ -57,3 +57,18 @@ def test_off_or_not_installed_writes_nothing_and_a_fresh_run_starts_afresh(tiny_
     assert main(args) == 0  # not resumed: the old curves go, one event file stays
     second = sorted((run / "tensorboard").iterdir())
     assert len(first) == len(second) == 1 and first != second
+
+
+def test_logging_changes_nothing_that_is_trained(tiny_overrides, tmp_path):
+    """The panels run the model between steps (evaluation every 2 steps): the same numbers with and
+    without TensorBoard, to the last digit."""
+    common = [*tiny_overrides, "train.iters=4", "train.log_interval=1", "train.eval_interval=2"]
+
+    def records(name: str, on: bool) -> list[dict]:
+        assert main(["distill", "configs/synthetic/apd.yaml", *common, f"name={name}", f"train.tensorboard={on}"]) == 0
+        lines = (tmp_path / "runs" / name / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(x).items() if k != "images_per_s"} for x in lines]
+
+    with_panels = records("logged", True)
+    assert (tmp_path / "runs" / "logged" / "tensorboard").is_dir()
+    assert with_panels == records("unlogged", False)
