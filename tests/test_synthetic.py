@@ -185,3 +185,59 @@ def test_generator_record_is_read_back_and_a_corrupt_one_is_named(tmp_path):
     (tmp_path / "synth.json").write_text("{not json")
     with pytest.raises(UserError, match=re.escape(str(tmp_path / "synth.json"))):
         synthetic.read_params(tmp_path)
+
+
+def _style_scenes(style: str, n: int = 16) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    rng = [np.random.default_rng(np.random.SeedSequence([11, i])) for i in range(n)]
+    return [synthetic.render_scene(r, 96, 192, synthetic.get_style(style)) for r in rng]
+
+
+def test_the_dusk_style_changes_palette_light_and_object_mix() -> None:
+    """The held-out style is deterministic, keeps the layout's classes, and differs where it says it does:
+    a redder sky and vegetation, darker images, and more people and large vehicles per scene."""
+    default, dusk = _style_scenes("default"), _style_scenes("dusk")
+    again = _style_scenes("dusk", 2)
+    for x, y in zip(dusk[:2], again, strict=True):
+        for a, b in zip(x, y, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+    def mean_colour(scenes, name: str) -> np.ndarray:
+        pixels = np.concatenate([image[label == NAME_TO_ID[name]] for image, label, _ in scenes])
+        return pixels.astype(np.float64).mean(axis=0)
+
+    for name in ("sky", "vegetation"):
+        red_over_blue = [c[0] / c[2] for c in (mean_colour(default, name), mean_colour(dusk, name))]
+        assert red_over_blue[1] > 1.3 * red_over_blue[0], name
+    brightness = [np.mean([image.mean() for image, _, _ in s]) for s in (default, dusk)]
+    assert brightness[1] < 0.85 * brightness[0]
+
+    def instances(scenes, names: tuple[str, ...]) -> int:
+        ids = {NAME_TO_ID[n] for n in names}
+        return sum(len({v for v in np.unique(inst) if v >= 1000 and v // 1000 in ids}) for _, _, inst in scenes)
+
+    assert instances(dusk, ("person",)) > instances(default, ("person",))
+    assert instances(dusk, ("bus", "truck")) > instances(default, ("bus", "truck"))
+    for _, label, _ in dusk:
+        assert set(np.unique(label).tolist()) <= VALID_LABEL_IDS
+
+
+def test_style_is_recorded_checked_and_refused_when_unknown(tmp_path, capsys) -> None:
+    from segdistill.cli import main
+    from segdistill.data.cityscapes import HELDOUT_PARAMS, SyntheticHeldOutDataset
+    from segdistill.errors import UserError
+
+    out = tmp_path / "dusk"
+    assert main(["data", "synth", "--out", str(out), "--train", "2", "--val", "1", "--height", "32", "--width", "64",
+                 "--workers", "1", "--seed", "1", "--style", "dusk"]) == 0  # fmt: skip
+    assert synthetic.read_params(out)["style"] == "dusk" and synthetic.read_params(out)["seed"] == 1
+    SyntheticHeldOutDataset.prepare(out, print)  # the held-out parameters: accepted as it is
+    record = json.loads((out / "synth.json").read_text())
+    del record["style"]  # a record written before styles existed reads as the default style
+    (out / "synth.json").write_text(json.dumps(record))
+    assert synthetic.read_params(out)["style"] == "default"
+    with pytest.raises(UserError, match=r"records style='default'; the held-out dataset is style='dusk'"):
+        SyntheticHeldOutDataset.prepare(out, print)
+    with pytest.raises(UserError, match=r"unknown synthetic style 'noon'; known: default, dusk"):
+        synthetic.generate_dataset(tmp_path / "x", train=1, val=1, style="noon")
+    assert not (tmp_path / "x").exists()
+    assert HELDOUT_PARAMS == {"seed": 1, "style": "dusk"}

@@ -45,7 +45,8 @@ def cmd_synth(args: argparse.Namespace, console: Console) -> int:
     from .data.synthetic import generate_dataset
 
     start = time.perf_counter()
-    counts = generate_dataset(args.out, **fields_of(args, ("train", "val", "seed", "height", "width", "workers")))
+    keys = ("train", "val", "seed", "height", "width", "workers", "style")
+    counts = generate_dataset(args.out, **fields_of(args, keys))
     seconds = time.perf_counter() - start
     console.print(f"wrote {counts['train']} train and {counts['val']} val scenes to {args.out} in {seconds:.1f} s")
     if args.coco:
@@ -304,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--height", type=int, default=synthetic.DEFAULT_HEIGHT)
     synth.add_argument("--width", type=int, default=synthetic.DEFAULT_WIDTH)
     synth.add_argument("--workers", type=int, default=2)
+    synth.add_argument(
+        "--style",
+        default="default",
+        choices=sorted(synthetic.STYLES),
+        help="the cities' look and object mix: default (the embedded dataset) or dusk (the held-out one)",
+    )
     synth.add_argument("--coco", action="store_true", help="also write COCO instance annotations (annotations/)")
     synth.set_defaults(func=cmd_synth)
 

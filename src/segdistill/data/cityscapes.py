@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import UserError
 from .labels import PALETTE, TRAIN_CLASSES, VALID_LABEL_IDS, id_to_train_id_lut
 from .paired import Log, PairedFolderDataset, register
-from .synthetic import generate_dataset
+from .synthetic import generate_dataset, read_params
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
@@ -73,4 +73,35 @@ class SyntheticDataset(CityscapesDataset):
             return
         log(f"generating the embedded synthetic street-scene dataset in {root} ...")
         counts = generate_dataset(root)
+        log(f"generated {counts['train']} train and {counts['val']} val scenes")
+
+
+# The held-out generated dataset: another generator seed and the dusk style (issue 18, item 2)
+HELDOUT_PARAMS = {"seed": 1, "style": "dusk"}
+
+
+@register
+class SyntheticHeldOutDataset(SyntheticDataset):
+    """A second generated dataset for checking that a ranking of methods is not a property of one dataset:
+    generator seed 1 and the ``dusk`` style (another palette, light and object mix; :mod:`.synthetic.style`),
+    same layout, classes and sizes as ``synthetic``; generated at ``root`` on first use. A ``root`` holding
+    a generation with other parameters is refused in one line."""
+
+    name = "synthetic_heldout"
+
+    @classmethod
+    def prepare(cls, root: str | Path, log: Log) -> None:
+        root = Path(root)
+        if (root / "synth.json").is_file():
+            found = read_params(root)
+            for key, wanted in HELDOUT_PARAMS.items():
+                if found[key] != wanted:
+                    raise UserError(
+                        f"{root / 'synth.json'} records {key}={found[key]!r}; the held-out dataset is {key}={wanted!r} "
+                        f"(point data.root at another folder, or regenerate: segdistill data synth --out {root} "
+                        f"--seed {HELDOUT_PARAMS['seed']} --style {HELDOUT_PARAMS['style']})"
+                    )
+            return
+        log(f"generating the held-out synthetic dataset (seed 1, dusk style) in {root} ...")
+        counts = generate_dataset(root, **HELDOUT_PARAMS)
         log(f"generated {counts['train']} train and {counts['val']} val scenes")

@@ -16,6 +16,7 @@ from .people import draw_person
 from .scenery import draw_backdrop, draw_sky, draw_tree
 from .street import StreetSide, draw_ground
 from .street_objects import draw_lamp_post, draw_sign_post, draw_static_object, draw_traffic_light_post
+from .style import DEFAULT, Style
 from .vehicles import draw_bus, draw_car, draw_ego_hood, draw_truck
 
 
@@ -23,8 +24,11 @@ def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(np.exp(rng.uniform(np.log(lo), np.log(max(hi, lo * 1.01)))))
 
 
-def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Returns image HxWx3 uint8 RGB, labelIds HxW uint8 (Cityscapes ids), instanceIds HxW int32."""
+def render_scene(
+    rng: np.random.Generator, height: int, width: int, style: Style = DEFAULT
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Returns image HxWx3 uint8 RGB, labelIds HxW uint8 (Cityscapes ids), instanceIds HxW int32, in ``style``
+    (:mod:`.style`; the default is the embedded dataset's)."""
     height, width = int(height), int(width)
     canvas = Canvas(rng, height, width)
     camera = Camera(
@@ -37,7 +41,7 @@ def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.
     z_end = float(rng.uniform(35, 150))
 
     # street layout
-    n_lanes = int(rng.choice([1, 2, 2, 3, 4]))
+    n_lanes = int(rng.choice(list(style.lanes)))
     lane_width = float(rng.uniform(2.8, 3.6))
     own_lane = int(rng.integers(n_lanes))
     x_left = -(own_lane + rng.uniform(0.3, 0.7)) * lane_width
@@ -120,7 +124,7 @@ def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.
 
     # vehicles per lane
     oncoming = n_lanes >= 2 and rng.random() < 0.6
-    parking = {lane: rng.random() < 0.45 for lane in (0, n_lanes - 1) if lane != own_lane}
+    parking = {lane: rng.random() < style.parking_chance for lane in (0, n_lanes - 1) if lane != own_lane}
     for lane in range(n_lanes):
         centre = x_left + (lane + 0.5) * lane_width
         parked = parking.get(lane, False)
@@ -137,19 +141,21 @@ def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.
         while z < z_end:
             x = centre + rng.normal(0, 0.15)
             kind = rng.random()
-            if kind < 0.06:
+            truck, bus, car = style.vehicle_thresholds
+            if kind < truck:
                 add(z, draw_truck, x, z, toward)
                 z += 12
-            elif kind < 0.11:
+            elif kind < bus:
                 add(z, draw_bus, x, z, toward)
                 z += 13
-            elif kind < 0.75:
+            elif kind < car:
                 add(z, draw_car, x, z, toward)
                 z += 5
             z += rng.exponential(8.0) + 1.0
 
     # people (riders and bicycles are left out: a few pixels at 128 x 256, no model learns them here)
-    for _ in range(int(rng.poisson(4.5) + (rng.poisson(5) if rng.random() < 0.3 else 0))):
+    people = rng.poisson(style.people_rate)  # drawn before the crowd: the default's random stream
+    for _ in range(int(people + (rng.poisson(style.crowd_rate) if rng.random() < style.crowd_chance else 0))):
         sides = [side for side in (left, right) if side.sidewalk_width > 0]
         z = _log_uniform(rng, z_min * 0.9, z_end * 0.8)
         if sides and rng.random() < 0.85:  # on a sidewalk
@@ -172,25 +178,29 @@ def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.
     if rng.random() < 0.2:
         draw_ego_hood(canvas, rng)
 
-    image = _finish_image(canvas, rng)
+    canvas.image = style.recolour(canvas.image, canvas.labels)
+    image = _finish_image(canvas, rng, style)
     return image, canvas.labels.copy(), _instance_ids(canvas)
 
 
-def _finish_image(canvas: Canvas, rng: np.random.Generator) -> np.ndarray:
-    """Global lighting, colour cast, optical blur and sensor noise (image only)."""
+def _finish_image(canvas: Canvas, rng: np.random.Generator, style: Style = DEFAULT) -> np.ndarray:
+    """Global lighting, colour cast, optical blur and sensor noise (image only), in ``style``'s ranges."""
     image = canvas.image
     mean = float(image.mean())
     image = (image - mean) * rng.uniform(0.75, 1.2) + mean  # contrast
-    image = image * rng.uniform(0.7, 1.2) * rng.uniform(0.93, 1.07, 3).astype(np.float32)  # exposure, colour cast
-    image = 255.0 * (np.clip(image, 0, 255) / 255.0) ** rng.uniform(0.85, 1.2)  # gamma
+    exposure = rng.uniform(*style.exposure)
+    cast = rng.uniform(0.93, 1.07, 3).astype(np.float32)
+    if style.cast != DEFAULT.cast:
+        cast = cast * np.asarray(style.cast, np.float32)
+    image = image * exposure * cast  # exposure, colour cast
+    image = 255.0 * (np.clip(image, 0, 255) / 255.0) ** rng.uniform(*style.gamma)  # gamma
     height, width = canvas.height, canvas.width
     rows, columns = np.mgrid[0:height, 0:width].astype(np.float32)
-    vignette = (
-        1 - rng.uniform(0, 0.25) * (((columns - width / 2) / width) ** 2 + ((rows - height / 2) / height) ** 2) * 2
-    )
+    strength = rng.uniform(0, style.vignette)
+    vignette = 1 - strength * (((columns - width / 2) / width) ** 2 + ((rows - height / 2) / height) ** 2) * 2
     image = image * vignette[..., None]
     image = cv2.GaussianBlur(image.astype(np.float32), (0, 0), rng.uniform(0.4, 0.9))
-    sigma = rng.uniform(1.0, 3.5)
+    sigma = rng.uniform(*style.noise)
     image = (
         image
         + rng.standard_normal((height, width, 3), np.float32) * sigma

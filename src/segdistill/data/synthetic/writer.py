@@ -14,6 +14,7 @@ import numpy as np
 
 from ...errors import UserError
 from .scene import render_scene
+from .style import get_style
 
 DEFAULT_HEIGHT = 128
 DEFAULT_WIDTH = 256
@@ -26,6 +27,7 @@ DEFAULT_PARAMS = {
     "width": DEFAULT_WIDTH,
     "train": DEFAULT_TRAIN,
     "val": DEFAULT_VAL,
+    "style": "default",
 }
 TRAIN_CITIES = ("alderford", "brackenmoor", "corrinvale")
 VAL_CITIES = ("dunmere", "elsworth")
@@ -33,8 +35,8 @@ VAL_CITIES = ("dunmere", "elsworth")
 _FORMAT_VERSION = 1
 _FRAME = 19  # Cityscapes' annotated frame number
 
-# (out, split, split_index, index, city, stem, seed, height, width): one scene to render and write
-_SceneTask = tuple[str, str, int, int, str, str, int, int, int]
+# (out, split, split_index, index, city, stem, seed, height, width, style): one scene to render and write
+_SceneTask = tuple[str, str, int, int, str, str, int, int, int, str]
 
 
 def _scene_rng(seed: int, split_index: int, index: int) -> np.random.Generator:
@@ -63,8 +65,8 @@ def _scene_names(split: str, n: int) -> list[tuple[str, str]]:
 
 
 def _write_scene(task: _SceneTask) -> None:
-    out, split, split_index, index, city, stem, seed, height, width = task
-    image, label, instance = render_scene(_scene_rng(seed, split_index, index), height, width)
+    out, split, split_index, index, city, stem, seed, height, width, style = task
+    image, label, instance = render_scene(_scene_rng(seed, split_index, index), height, width, get_style(style))
     root = Path(out)
     _write_png(
         root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png",
@@ -97,11 +99,14 @@ def generate_dataset(
     width: int = DEFAULT_WIDTH,
     workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
+    style: str = "default",
 ) -> dict[str, int]:
     """Writes <out>/leftImg8bit/{train,val}/<city>/<city>_<seq:06d>_<frame:06d>_leftImg8bit.png and
     <out>/gtFine/{train,val}/<city>/<same stem>_gtFine_labelIds.png and _gtFine_instanceIds.png
     (instanceIds as 16-bit PNG like Cityscapes). Returns {"train": n, "val": n}. progress(done, total) is
-    called as scenes finish."""
+    called as scenes finish. ``style``: the cities' look and object mix (:mod:`.style`: ``default``, the
+    embedded dataset; ``dusk``, the held-out one)."""
+    get_style(style)  # an unknown style fails before anything is written
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     marker = root / "synth.json"
@@ -115,7 +120,7 @@ def generate_dataset(
             for top in ("leftImg8bit", "gtFine"):
                 (root / top / split / city).mkdir(parents=True, exist_ok=True)
         for index, (city, stem) in enumerate(_scene_names(split, counts[split])):
-            tasks.append((str(root), split, split_index, index, city, stem, int(seed), int(height), int(width)))
+            tasks.append((str(root), split, split_index, index, city, stem, int(seed), int(height), int(width), style))
             expected.add(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png")
             for suffix in ("labelIds", "instanceIds"):
                 expected.add(root / "gtFine" / split / city / f"{stem}_gtFine_{suffix}.png")
@@ -156,6 +161,7 @@ def generate_dataset(
         "val": counts["val"],
         "train_cities": list(TRAIN_CITIES),
         "val_cities": list(VAL_CITIES),
+        "style": style,
     }
     tmp = marker.with_name(f".{marker.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -170,4 +176,6 @@ def read_params(root: str | Path) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read the generator record {path}: {exc}") from None
-    return {key: meta.get(key) for key in DEFAULT_PARAMS}
+    params = {key: meta.get(key) for key in DEFAULT_PARAMS}
+    params["style"] = params["style"] or "default"  # written before styles existed: the default one
+    return params

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from safetensors import safe_open
@@ -31,6 +32,11 @@ from ...base.weights_io import load_checkpoint
 from ...errors import UserError
 from ..segmentor import build_segmentor
 from .layouts import LAYOUTS, Layout
+
+try:  # the function that rebuilds a pickled numpy scalar
+    from numpy._core.multiarray import scalar as _numpy_scalar  # numpy 2.x
+except ImportError:  # numpy 1.x
+    from numpy.core.multiarray import scalar as _numpy_scalar
 
 ZOOS = ("mmseg", "apd", "cirkd")
 ZOO_NAMES = {"mmseg": "mmsegmentation", "apd": "the APD release (or semseg)", "cirkd": "CIRKD"}
@@ -98,12 +104,7 @@ def numpy_safe_globals() -> list[Callable | tuple[Callable, str]]:
     ``numpy._core.multiarray.scalar`` by numpy 2.x), ``numpy.dtype`` with its per-type classes
     (``numpy.dtypes.Float64DType``, ...: a dtype's state is set on them) and the numeric scalar
     types (``numpy.float64``, ...). Nothing else."""
-    import numpy as np
-
-    try:
-        from numpy._core.multiarray import scalar  # numpy 2.x
-    except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import scalar
+    scalar = _numpy_scalar
     numeric = [
         np.bool_,
         *(np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64),
