@@ -107,6 +107,7 @@ def test_bench_refuses_maskd_without_its_tokens_upfront_and_leaves_it_out_of_the
     recipes = tmp_path / "recipes"
     shutil.copytree("configs/synthetic", recipes)
     (recipes / "maskd_tokens.yaml").unlink()
+    monkeypatch.chdir(tmp_path)  # the recipe's tokens path is relative: no tokens learned here
     args = ["bench", str(recipes / "apd.yaml"), *tiny_overrides, "--seeds", "0", "--out", str(tmp_path / "b")]
     assert main([*args, "--methods", "baseline", "maskd"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
