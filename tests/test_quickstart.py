@@ -23,7 +23,7 @@ def test_quickstart_writes_report_table_and_figure(tiny_data, tiny_overrides, tm
     results = json.loads((out / "results.json").read_text())
     assert set(results) >= {"teacher", "baseline", "apd", "wall_seconds"}
     assert results["baseline"]["iters"] == results["apd"]["iters"] == 4
-    assert results["dataset"] == {"seed": 0, "height": 64, "width": 128, "train": 8, "val": 4}
+    assert results["dataset"] == {"seed": 0, "height": 64, "width": 128, "train": 8, "val": 4, "style": "default"}
     for run in ("baseline", "apd"):
         assert results[run]["parameters"] > 0 and results[run]["train_seconds"] > 0
         assert 0.0 <= results[run]["val"]["mIoU"] <= 1.0 and len(results[run]["val"]["iou"]) == 19

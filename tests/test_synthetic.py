@@ -181,7 +181,14 @@ def test_generator_record_is_read_back_and_a_corrupt_one_is_named(tmp_path):
     from segdistill.errors import UserError
 
     synthetic.generate_dataset(tmp_path, train=2, val=1, seed=3, height=64, width=128, workers=1)
-    assert synthetic.read_params(tmp_path) == {"seed": 3, "height": 64, "width": 128, "train": 2, "val": 1}
+    assert synthetic.read_params(tmp_path) == {
+        "seed": 3,
+        "height": 64,
+        "width": 128,
+        "train": 2,
+        "val": 1,
+        "style": "default",
+    }
     (tmp_path / "synth.json").write_text("{not json")
     with pytest.raises(UserError, match=re.escape(str(tmp_path / "synth.json"))):
         synthetic.read_params(tmp_path)
