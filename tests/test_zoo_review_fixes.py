@@ -146,7 +146,7 @@ def test_other_objects_in_meta_are_refused_with_a_hint(tmp_path: Path) -> None:
     assert "\n" not in message and str(path) in message and "refusing to load" in message
     assert f"{__name__}.MessageHub" in message
     assert "publish_model.py" in message
-    assert "torch.save(torch.load(f, weights_only=False)['state_dict'], out)" in message
+    assert "re-save its state dict alone" in message
     # the numpy allowlist does not outlive the load
     assert set(map(str, torch.serialization.get_safe_globals())) == allowed_before
 

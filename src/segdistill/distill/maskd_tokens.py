@@ -46,7 +46,7 @@ class MaskedTeacher(nn.Module):
         return self.recorder.collect()[self.tap]
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 - nn.Module's signature
-        """``.to()`` / ``.cuda()`` / ``.double()`` / channels-last reach the hidden teacher too."""
+        """Device, dtype and memory-format moves (``.to()``, ``.double()``, ...) reach the hidden teacher too."""
         self.teacher._apply(fn)
         return super()._apply(fn, recurse)
 

@@ -72,8 +72,8 @@ TITLE_METADATA = "segdistill_title"
 # (key, dimension) of the weight whose shape is that width.
 WIDTH_KEYS = {"head_channels": ("head.classifier.weight", 1), "ppm_channels": ("head.ppm.0.1.0.weight", 0)}
 REFUSAL_HINT = (
-    "if you trust the file, re-save its state dict alone, e.g. with mmseg's tools/publish_model.py "
-    "(1.x: tools/misc/publish_model.py) or torch.save(torch.load(f, weights_only=False)['state_dict'], out)"
+    "if you trust the file, re-save its state dict alone (without meta), e.g. with mmseg's tools/publish_model.py "
+    "(1.x: tools/misc/publish_model.py)"
 )
 
 
