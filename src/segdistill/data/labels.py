@@ -94,3 +94,11 @@ def train_id_to_id_lut() -> np.ndarray:
         if label.id >= 0 and 0 <= label.train_id < 255:
             lut[label.train_id] = label.id
     return lut
+
+
+def colorize(mask: np.ndarray, palette: np.ndarray = PALETTE) -> np.ndarray:
+    """``H x W`` train ids -> ``H x W x 3`` uint8 colours (ignore and ids past the palette are black)."""
+    table = np.zeros((256, 3), dtype=np.uint8)
+    table[: len(palette)] = palette
+    table[IGNORE_INDEX] = 0
+    return table[mask.astype(np.uint8)]

@@ -327,17 +327,17 @@ def build_methods(
         for key, loss in built.items():
             own = set(getattr(loss, "terms", ())) | {key}
             if key in losses:
-                first = brought_by[key]
-                kept, dropped = (loss, first) if name == key else (losses[key], name)
-                other = losses[key] if name == key else loss
-                if options.get(dropped) and loss_settings(kept) != loss_settings(other):
+                replaces = name == key  # the method of that name replaces another's built-in copy
+                kept, builder = (loss, name) if replaces else (losses[key], brought_by[key])
+                left, left_by = (losses[key], brought_by[key]) if replaces else (loss, name)
+                if options.get(left_by) and loss_settings(kept) != loss_settings(left):
                     raise UserError(
-                        f"distill.methods {first} and {name} both bring the {key!r} loss; {key!r} is built by "
-                        f"{brought_by[key] if name != key else name}, so the settings that distill.options.{dropped} "
-                        f"gives it ({loss_settings(other)}) would be dropped; set them on one method only"
+                        f"distill.methods {brought_by[key]} and {name} both bring the {key!r} loss; {key!r} is built "
+                        f"by {builder}, so the settings that distill.options.{left_by} gives it "
+                        f"({loss_settings(left)}) would be dropped; set them on one method only"
                     )
-                if name != key:
-                    continue  # the owner's or the first listed method's copy is kept
+                if not replaces:
+                    continue
             losses[key] = loss  # a new loss, or the method of that name replacing another's built-in one
             brought_by[key] = name
             merged.update({k: v for k, v in defaults.items() if k in own})

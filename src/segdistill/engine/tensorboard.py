@@ -18,9 +18,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..base.labels import IGNORE_INDEX
-from ..base.normalisation import IMAGENET_MEAN, IMAGENET_STD
-from ..data.labels import PALETTE
+from ..data.labels import colorize
+from ..data.transforms import denormalize
 from .inference import forward_logits
 
 PANEL_IMAGES = 3  # val images in the prediction panel
@@ -63,22 +62,6 @@ class TensorBoardLog:
         self.writer.close()
 
 
-def colour_labels(labels: np.ndarray) -> np.ndarray:
-    """``H x W`` class ids -> ``H x W x 3`` uint8 (the Cityscapes palette, cycled past 19 classes; ignored
-    pixels black)."""
-    colours = PALETTE[np.mod(labels, len(PALETTE))]
-    colours[labels == IGNORE_INDEX] = 0
-    return colours.astype(np.uint8)
-
-
-def denormalise(image: torch.Tensor) -> np.ndarray:
-    """A pipeline image ``3 x H x W`` (ImageNet-normalised RGB) -> ``H x W x 3`` uint8."""
-    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
-    std = torch.tensor(IMAGENET_STD)[:, None, None]
-    pixels = ((image.float().cpu() * std + mean) * 255.0).clamp(0, 255).round()
-    return pixels.permute(1, 2, 0).to(torch.uint8).numpy()
-
-
 @torch.no_grad()
 def prediction_panel(model: nn.Module, dataset: Dataset, device: torch.device, count: int = PANEL_IMAGES) -> np.ndarray:
     """``image | labels | prediction`` for the first ``count`` images of ``dataset`` (items with ``image``
@@ -94,7 +77,7 @@ def prediction_panel(model: nn.Module, dataset: Dataset, device: torch.device, c
             logits = forward_logits(model, image[None].to(device))
             prediction = logits.argmax(dim=1)[0].cpu().numpy()
             label = item["label"].cpu().numpy()
-            rows.append(np.concatenate([denormalise(image), colour_labels(label), colour_labels(prediction)], axis=1))
+            rows.append(np.concatenate([denormalize(image), colorize(label), colorize(prediction)], axis=1))
     finally:
         model.train(was_training)
     width = max(row.shape[1] for row in rows)

@@ -4,21 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from ..data.labels import IGNORE_INDEX, PALETTE
+from ..data.labels import colorize
 from ..data.transforms import denormalize
 from ..engine.inference import predict
-
-
-def colorize(mask: np.ndarray, palette: np.ndarray = PALETTE) -> np.ndarray:
-    """``H x W`` train ids -> ``H x W x 3`` uint8 colours (ignore is black)."""
-    table = np.zeros((256, 3), dtype=np.uint8)
-    table[: len(palette)] = palette
-    table[IGNORE_INDEX] = 0
-    return table[mask.astype(np.uint8)]
 
 
 @torch.no_grad()
