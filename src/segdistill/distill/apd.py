@@ -32,10 +32,16 @@ whenever every pool has a labelled pixel, which the release's data filter makes 
 ``scope="image"`` is a group of one image; ``pool_size`` unset (or ``>= B``) is one group, the whole
 per-process batch, computed exactly as before.
 
-Implementation: one one-hot mask ``B x K x h x w`` and batched matmuls on views pool every prototype at once
-(``normalize(mean) == normalize(sum)``, so counts are only used for presence); groups are one reshaped
-sum of the per-image ``B x K x C`` sums; absent classes are masked with a large negative logit, so
-every shape is static and nothing syncs with the host.
+Implementation (:mod:`.apd_kernels`): each side is one autograd function (normalise per pixel, pool the
+prototypes with one batched matmul under the one-hot mask, normalise them, cosine logits) with an
+analytic backward that reuses the per-pixel norms: 7 passes over a ``B x C x h x w`` feature map per
+side, forward and backward, instead of autograd's chain of divisions. The teacher's logits are computed
+once; the student terms use them detached, and only ``apd_teacher_ce`` carries the teacher adapter's
+graph. That cross-entropy upsamples and softmaxes chunks of output rows of one image at a time, with
+its own backward (the transposed interpolation), so the ``B x K x H x W`` logits and their gradient
+never exist at once. Absent classes are masked with a large negative logit,
+every shape is static and nothing syncs with the host. :func:`reference_terms` is the previous
+implementation (autograd through plain torch ops), kept for the tests and ``benchmarks/apd_loss.py``.
 """
 
 from __future__ import annotations
@@ -47,6 +53,15 @@ from torch import nn
 
 from ..base.labels import IGNORE_INDEX
 from ..errors import UserError
+from .apd_kernels import (
+    AdaptiveKL,
+    NormPoolLogits,
+    UpsampleCrossEntropy,
+    class_mask,
+    group_sum,
+    per_image,
+    ranks_sum,
+)
 from .base import DistillLoss
 from .common import one_hot_valid, resize_labels
 
@@ -98,24 +113,6 @@ def pool_prototypes(features: torch.Tensor, onehot: torch.Tensor, scope: str) ->
         sums = _all_reduce_sum(sums)
         counts = _all_reduce_sum(counts.detach())
     return F.normalize(sums, dim=-1), counts > 0
-
-
-def group_sum(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """``B x ...`` summed over ``groups`` strided groups of rows -> ``groups x ...``: row ``i`` belongs to
-    group ``i % groups``. Zero rows pad ``B`` to a multiple of ``groups``, then one reshaped sum: no loop,
-    static shapes, deterministic."""
-    b = x.shape[0]
-    rows = -(-b // groups)  # images per group; the last groups have one fewer when B is not a multiple
-    if rows * groups != b:
-        x = torch.cat([x, x.new_zeros((rows * groups - b, *x.shape[1:]))])
-    return x.reshape(rows, groups, *x.shape[1:]).sum(dim=0)
-
-
-def per_image(x: torch.Tensor, b: int) -> torch.Tensor:
-    """A group's value for each of its images: ``G x ...`` -> ``B x ...``, row ``i`` is ``x[i % G]``
-    (the layout of :func:`group_sum`). A repeat, so its backward is a sum (no scatter)."""
-    groups = x.shape[0]
-    return x.repeat(-(-b // groups), *([1] * (x.dim() - 1)))[:b]
 
 
 def pool_group_prototypes(
@@ -227,47 +224,65 @@ class APDLoss(DistillLoss):
     def forward(
         self, student_feat: torch.Tensor, teacher_feat: torch.Tensor, labels: torch.Tensor
     ) -> dict[str, torch.Tensor]:
+        """``student_feat B x C_s x h x w``, ``teacher_feat B x C_t x h' x w'``, ``labels B x H x W`` ->
+        the three unweighted scalar terms (float32, or float64 for float64 features)."""
         self._check_channels(student_feat, teacher_feat)
-        size = tuple(student_feat.shape[-2:])
         with torch.autocast(device_type=student_feat.device.type, enabled=False):
-            dtype = torch.float64 if student_feat.dtype == torch.float64 else torch.float32
-            f_s = student_feat.to(dtype)
-            f_t = teacher_feat.detach().to(dtype)
-            if tuple(f_t.shape[-2:]) != size:
-                f_t = F.interpolate(f_t, size=size, mode="bilinear", align_corners=False)
-            if self.student_adapter is not None:
-                f_s = self.student_adapter(f_s)
-                f_t = self.teacher_adapter(f_t)
-            # contiguous NCHW (a no-op unless the maps are channels_last): every later op is a view
-            s = F.normalize(f_s, dim=1).contiguous()
-            t = F.normalize(f_t, dim=1).contiguous()  # carries gradient to the teacher adapter only
-            grid_labels = resize_labels(labels, size)
-            onehot = one_hot_valid(grid_labels, self.num_classes, self.ignore_index, dtype)
+            f_s, f_t = self._adapted(student_feat, teacher_feat)
+            return self._terms(f_s, f_t, labels)
 
-            groups = self._groups(s.shape[0])
-            if groups is not None:
-                return self._grouped_terms(s, t, onehot, labels, groups)
-            p_s, present = pool_prototypes(s, onehot, self.scope)
-            p_t, _ = pool_prototypes(t, onehot, self.scope)
-            present_f = present.to(s.dtype)
-            mask = present[None, :, None, None]  # 1 x K x 1 x 1
+    def _adapted(self, student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both feature maps in float32 (float64 kept), the teacher's detached and resized to the student's
+        ``h x w``, through the adapters: contiguous ``B x C_t x h x w`` each (the teacher's carries the
+        teacher adapter's graph)."""
+        size = tuple(student_feat.shape[-2:])
+        dtype = torch.float64 if student_feat.dtype == torch.float64 else torch.float32
+        f_s = student_feat.to(dtype)
+        f_t = teacher_feat.detach().to(dtype)
+        if tuple(f_t.shape[-2:]) != size:
+            f_t = F.interpolate(f_t, size=size, mode="bilinear", align_corners=False)
+        if self.student_adapter is not None:
+            f_s = self.student_adapter(f_s)
+            f_t = self.teacher_adapter(f_t)
+        # contiguous NCHW (a no-op unless the maps are channels_last): every later op is a view
+        return f_s.contiguous(), f_t.contiguous()
 
-            # The teacher's adaptive logits are computed once: detached for the student terms, with
-            # gradient (to the teacher adapter only) for the teacher-side cross-entropy.
-            z_t_raw = adaptive_logits(t, p_t, self.scale)
-            kl_map = self._kl_map(s, p_s, z_t_raw, mask)
-            pixels = size[0] * size[1]
-            n_present = present_f.sum().clamp(min=1.0)
-            apd_kl = kl_map.sum() / (n_present * kl_map.shape[0] * pixels)
-            cos = (p_s * p_t.detach()).sum(dim=-1)
-            apd_align = (0.5 * (1.0 - cos) * present_f).sum() / present_f.sum().clamp(min=1.0)
+    def _terms(self, f_s: torch.Tensor, f_t: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The three terms of adapted maps ``f_s``, ``f_t B x C x h x w`` and ``labels B x H x W``: per image
+        (KL and cross-entropy sums) then per pool ``G`` (one pool unless ``pool_size`` or scope image), then
+        averaged over the pools with a labelled pixel."""
+        b, _, h, w = f_s.shape
+        dtype = f_s.dtype
+        groups = self._groups(b) or 1
+        onehot = class_mask(resize_labels(labels, (h, w)), self.num_classes, self.ignore_index, dtype)  # B x K x hw
+        counts = group_sum(onehot.sum(dim=2), groups)  # G x K
+        if self.scope == "global":
+            counts = ranks_sum(counts)
+        present = counts > 0  # G x K
+        keep = per_image(present, b)  # B x K: the classes of each image's pool
+        reduce_ranks = self.scope == "global"
+        z_s, p_s = NormPoolLogits.apply(f_s, onehot, groups, self.scale, reduce_ranks)  # B x K x hw, G x K x C
+        z_t, p_t = NormPoolLogits.apply(f_t, onehot, groups, self.scale, reduce_ranks)
 
-            # Teacher-adapter term: adaptive teacher logits in K channels, absent classes 0.
-            z_up = self._teacher_logits_at_label_size(z_t_raw, mask, labels)
-            # 'sum' is 0 when every pixel is ignored, so a batch without a valid pixel gives 0, not NaN
-            ce = F.cross_entropy(z_up, labels, ignore_index=self.ignore_index, reduction="sum")
-            apd_teacher_ce = ce / (labels != self.ignore_index).sum().clamp(min=1)
-        return {"apd_kl": apd_kl, "apd_align": apd_align, "apd_teacher_ce": apd_teacher_ce}
+        present_f = present.to(dtype)
+        n_present = present_f.sum(dim=1)  # G: each pool's N
+        images = group_sum(f_s.new_ones(b), groups)  # G: images per pool
+        kl = AdaptiveKL.apply(z_s, z_t.detach(), keep)  # B: per-image sums, teacher detached
+        kl = group_sum(kl, groups) / (images * n_present.clamp(min=1.0) * (h * w))
+        cos = (p_s * p_t.detach()).sum(dim=-1)  # G x K
+        align = (0.5 * (1.0 - cos) * present_f).sum(dim=1) / n_present.clamp(min=1.0)
+
+        # only this term carries the teacher adapter's graph; absent classes are logits 0
+        z_t_map = z_t.view(b, -1, h, w)  # cosine logits: |z_t| <= scale (up to rounding)
+        ce = UpsampleCrossEntropy.apply(z_t_map, keep.to(dtype), labels, self.ignore_index, 1.01 * self.scale)  # B
+        valid = group_sum((labels != self.ignore_index).sum(dim=(1, 2)).to(dtype), groups)  # G
+        ce = group_sum(ce, groups) / valid.clamp(min=1.0)
+        has_class = n_present > 0
+        return {
+            "apd_kl": _mean_over(kl, has_class),
+            "apd_align": _mean_over(align, has_class),
+            "apd_teacher_ce": _mean_over(ce, valid > 0),
+        }
 
     def _groups(self, batch: int) -> int | None:
         """The number of pools a batch of ``batch`` images forms, or ``None`` when it is one pool (scope
@@ -278,48 +293,97 @@ class APDLoss(DistillLoss):
             return -(-batch // self.pool_size)
         return None
 
-    def _kl_map(self, s: torch.Tensor, p_s: torch.Tensor, z_t_raw: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Per-pixel KL(teacher || student) over the present classes: ``B x h x w``."""
-        z_s = adaptive_logits(s, p_s, self.scale).masked_fill(~mask, _ABSENT)
-        z_t = z_t_raw.detach().masked_fill(~mask, _ABSENT)
-        log_q = F.log_softmax(z_s, dim=1)
-        log_p = F.log_softmax(z_t, dim=1)
-        return (log_p.exp() * (log_p - log_q)).sum(dim=1)
 
-    def _teacher_logits_at_label_size(
-        self, z_t_raw: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
-    ) -> torch.Tensor:
-        """The teacher's adaptive logits in K channels (absent classes 0), upsampled to the labels."""
-        z_t_train = z_t_raw * mask.to(z_t_raw.dtype)
-        return F.interpolate(z_t_train, size=labels.shape[-2:], mode="bilinear", align_corners=True)
+# ----------------------------------------------------------------------------------------------------
+# The previous implementation: the same formula through autograd on plain torch ops (47 passes over a
+# feature map, forward + backward, and the B x K x H x W teacher logits materialised with their gradient).
+# Kept as the reference of tests/test_apd_fast.py and benchmarks/apd_loss.py.
 
-    def _grouped_terms(
-        self, s: torch.Tensor, t: torch.Tensor, onehot: torch.Tensor, labels: torch.Tensor, groups: int
-    ) -> dict[str, torch.Tensor]:
-        """The three terms of each of ``groups`` pools (image ``i`` in pool ``i % groups``), averaged over
-        the pools with a labelled pixel: what ``groups`` GPUs of the release compute and DDP averages.
-        ``s``, ``t`` ``B x C x h x w`` normalised features, ``onehot B x K x h x w``, ``labels B x H x W``."""
-        b, _, h, w = s.shape
-        p_s, present = pool_group_prototypes(s, onehot, groups)  # G x K x C, G x K
-        p_t, _ = pool_group_prototypes(t, onehot, groups)
-        mask = per_image(present, b)[:, :, None, None]  # B x K x 1 x 1: the classes of each image's pool
+
+def reference_terms(
+    loss: APDLoss, student_feat: torch.Tensor, teacher_feat: torch.Tensor, labels: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """``loss``'s three terms computed as :class:`APDLoss` did before :mod:`.apd_kernels` (same adapters,
+    options and inputs: ``student_feat B x C_s x h x w``, ``teacher_feat B x C_t x h' x w'``, ``labels
+    B x H x W``)."""
+    loss._check_channels(student_feat, teacher_feat)
+    size = tuple(student_feat.shape[-2:])
+    with torch.autocast(device_type=student_feat.device.type, enabled=False):
+        f_s, f_t = loss._adapted(student_feat, teacher_feat)
+        dtype = f_s.dtype
+        s = F.normalize(f_s, dim=1).contiguous()
+        t = F.normalize(f_t, dim=1).contiguous()  # carries gradient to the teacher adapter only
+        grid_labels = resize_labels(labels, size)
+        onehot = one_hot_valid(grid_labels, loss.num_classes, loss.ignore_index, dtype)
+
+        groups = loss._groups(s.shape[0])
+        if groups is not None:
+            return _reference_grouped_terms(loss, s, t, onehot, labels, groups)
+        p_s, present = pool_prototypes(s, onehot, loss.scope)
+        p_t, _ = pool_prototypes(t, onehot, loss.scope)
         present_f = present.to(s.dtype)
-        n_present = present_f.sum(dim=1)  # G: each pool's N
-        has_class = n_present > 0
-        images = group_sum(s.new_ones(b), groups)  # G: images per pool
+        mask = present[None, :, None, None]  # 1 x K x 1 x 1
 
-        z_t_raw = adaptive_logits(t, per_image(p_t, b), self.scale)
-        kl_map = self._kl_map(s, per_image(p_s, b), z_t_raw, mask)  # B x h x w
-        kl = group_sum(kl_map.sum(dim=(1, 2)), groups) / (images * n_present.clamp(min=1.0) * (h * w))
-        cos = (p_s * p_t.detach()).sum(dim=-1)  # G x K
-        align = (0.5 * (1.0 - cos) * present_f).sum(dim=1) / n_present.clamp(min=1.0)
+        z_t_raw = adaptive_logits(t, p_t, loss.scale)
+        kl_map = _reference_kl_map(loss, s, p_s, z_t_raw, mask)
+        pixels = size[0] * size[1]
+        n_present = present_f.sum().clamp(min=1.0)
+        apd_kl = kl_map.sum() / (n_present * kl_map.shape[0] * pixels)
+        cos = (p_s * p_t.detach()).sum(dim=-1)
+        apd_align = (0.5 * (1.0 - cos) * present_f).sum() / present_f.sum().clamp(min=1.0)
 
-        z_up = self._teacher_logits_at_label_size(z_t_raw, mask, labels)
-        ce_map = F.cross_entropy(z_up, labels, ignore_index=self.ignore_index, reduction="none")  # B x H x W
-        valid = group_sum((labels != self.ignore_index).sum(dim=(1, 2)).to(ce_map.dtype), groups)  # G
-        ce = group_sum(ce_map.sum(dim=(1, 2)), groups) / valid.clamp(min=1.0)
-        return {
-            "apd_kl": _mean_over(kl, has_class),
-            "apd_align": _mean_over(align, has_class),
-            "apd_teacher_ce": _mean_over(ce, valid > 0),
-        }
+        z_up = _reference_teacher_logits_at_label_size(z_t_raw, mask, labels)
+        ce = F.cross_entropy(z_up, labels, ignore_index=loss.ignore_index, reduction="sum")
+        apd_teacher_ce = ce / (labels != loss.ignore_index).sum().clamp(min=1)
+    return {"apd_kl": apd_kl, "apd_align": apd_align, "apd_teacher_ce": apd_teacher_ce}
+
+
+def _reference_kl_map(
+    loss: APDLoss, s: torch.Tensor, p_s: torch.Tensor, z_t_raw: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Per-pixel KL(teacher || student) over the present classes: ``B x h x w``."""
+    z_s = adaptive_logits(s, p_s, loss.scale).masked_fill(~mask, _ABSENT)
+    z_t = z_t_raw.detach().masked_fill(~mask, _ABSENT)
+    log_q = F.log_softmax(z_s, dim=1)
+    log_p = F.log_softmax(z_t, dim=1)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1)
+
+
+def _reference_teacher_logits_at_label_size(
+    z_t_raw: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """The teacher's adaptive logits in K channels (absent classes 0), upsampled to the labels."""
+    z_t_train = z_t_raw * mask.to(z_t_raw.dtype)
+    return F.interpolate(z_t_train, size=labels.shape[-2:], mode="bilinear", align_corners=True)
+
+
+def _reference_grouped_terms(
+    loss: APDLoss, s: torch.Tensor, t: torch.Tensor, onehot: torch.Tensor, labels: torch.Tensor, groups: int
+) -> dict[str, torch.Tensor]:
+    """The three terms of each of ``groups`` pools (image ``i`` in pool ``i % groups``), averaged over the
+    pools with a labelled pixel. ``s``, ``t`` ``B x C x h x w`` normalised features, ``onehot B x K x h x w``,
+    ``labels B x H x W``."""
+    b, _, h, w = s.shape
+    p_s, present = pool_group_prototypes(s, onehot, groups)  # G x K x C, G x K
+    p_t, _ = pool_group_prototypes(t, onehot, groups)
+    mask = per_image(present, b)[:, :, None, None]  # B x K x 1 x 1: the classes of each image's pool
+    present_f = present.to(s.dtype)
+    n_present = present_f.sum(dim=1)  # G: each pool's N
+    has_class = n_present > 0
+    images = group_sum(s.new_ones(b), groups)  # G: images per pool
+
+    z_t_raw = adaptive_logits(t, per_image(p_t, b), loss.scale)
+    kl_map = _reference_kl_map(loss, s, per_image(p_s, b), z_t_raw, mask)  # B x h x w
+    kl = group_sum(kl_map.sum(dim=(1, 2)), groups) / (images * n_present.clamp(min=1.0) * (h * w))
+    cos = (p_s * p_t.detach()).sum(dim=-1)  # G x K
+    align = (0.5 * (1.0 - cos) * present_f).sum(dim=1) / n_present.clamp(min=1.0)
+
+    z_up = _reference_teacher_logits_at_label_size(z_t_raw, mask, labels)
+    ce_map = F.cross_entropy(z_up, labels, ignore_index=loss.ignore_index, reduction="none")  # B x H x W
+    valid = group_sum((labels != loss.ignore_index).sum(dim=(1, 2)).to(ce_map.dtype), groups)  # G
+    ce = group_sum(ce_map.sum(dim=(1, 2)), groups) / valid.clamp(min=1.0)
+    return {
+        "apd_kl": _mean_over(kl, has_class),
+        "apd_align": _mean_over(align, has_class),
+        "apd_teacher_ce": _mean_over(ce, valid > 0),
+    }
