@@ -34,3 +34,20 @@ def test_quickstart_writes_report_table_and_figure(tiny_data, tiny_overrides, tm
     err = capsys.readouterr().err
     assert "non-default dataset" in err and "per-class IoU" in err
     assert (out / "predictions.png").stat().st_size > 1000
+
+
+def test_quickstart_schedule_is_its_own_and_overrides_win(tmp_path):
+    from segdistill.quickstart import QUICKSTART_ITERS, quickstart_configs
+
+    student, apd = quickstart_configs(str(tmp_path), "data/synthetic", 0, [])
+    assert student.train.iters == apd.train.iters == QUICKSTART_ITERS == 500
+    student, apd = quickstart_configs(str(tmp_path), "data/synthetic", 0, [], iters=1000)
+    assert student.train.iters == apd.train.iters == 1000  # the recipes' schedule, as bench runs it
+    student, apd = quickstart_configs(str(tmp_path), "data/synthetic", 0, ["train.iters=7"], iters=1000)
+    assert student.train.iters == apd.train.iters == 7
+
+
+def test_quickstart_refuses_a_non_positive_schedule(capsys):
+    assert main(["quickstart", "--iters", "0"]) != 0
+    err = capsys.readouterr().err
+    assert "--iters must be a positive number of iterations, got 0" in err

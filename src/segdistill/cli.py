@@ -211,9 +211,14 @@ def cmd_predict(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace, console: Console) -> int:
-    from .quickstart import run_quickstart
+    from .quickstart import QUICKSTART_ITERS, run_quickstart
 
-    run_quickstart(out=args.out, data_root=args.data, seed=args.seed, overrides=args.overrides, console=console)
+    if args.iters is not None and args.iters < 1:
+        raise UserError(f"--iters must be a positive number of iterations, got {args.iters}")
+    iters = QUICKSTART_ITERS if args.iters is None else args.iters
+    run_quickstart(
+        out=args.out, data_root=args.data, seed=args.seed, overrides=args.overrides, console=console, iters=iters
+    )
     return 0
 
 
@@ -393,6 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--out", default="runs/quickstart")
     quick.add_argument("--data", default="data/synthetic", help="where the synthetic dataset is (generated if absent)")
     quick.add_argument("--seed", type=int, default=0)
+    quick.add_argument(
+        "--iters",
+        type=int,
+        help="iterations of each student (default: the quickstart's 500; the recipes' own schedule is 1000)",
+    )
     quick.add_argument("overrides", nargs="*", help="key=value overrides for both students (e.g. train.iters=50)")
     quick.set_defaults(func=cmd_quickstart)
 

@@ -25,6 +25,10 @@ from .models import count_parameters
 from .report.figures import prediction_panel
 
 RECIPES = Path(__file__).resolve().parent / "configs"
+# The quickstart's schedule: half the recipes' 1000 iterations, so that the whole command (data,
+# teacher evaluation, both students, report) fits in 5 minutes on 2 cores (README, "What the
+# quickstart measures"); `--iters 1000` runs the recipes' own schedule, as `segdistill bench` does.
+QUICKSTART_ITERS = 500
 
 
 def recipe_path(name: str) -> Path:
@@ -36,8 +40,12 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
-def quickstart_configs(out: str, data_root: str, seed: int, overrides: list[str]) -> tuple[Config, Config]:
-    common = [f"out_dir={out}", f"seed={seed}", f"data.root={data_root}", *overrides]
+def quickstart_configs(
+    out: str, data_root: str, seed: int, overrides: list[str], iters: int = QUICKSTART_ITERS
+) -> tuple[Config, Config]:
+    """The two students' configs: the recipes with the quickstart's folders, seed and schedule (``overrides``
+    win, ``train.iters=`` included)."""
+    common = [f"out_dir={out}", f"seed={seed}", f"data.root={data_root}", f"train.iters={iters}", *overrides]
     student = load_config(recipe_path("synthetic/student.yaml"), ["name=student", *common])
     apd = load_config(recipe_path("synthetic/apd.yaml"), ["name=apd", *common])
     return student, apd
@@ -62,12 +70,13 @@ def run_quickstart(
     seed: int = 0,
     overrides: list[str] | None = None,
     console: Console | None = None,
+    iters: int = QUICKSTART_ITERS,
 ) -> dict:
     console = console or Console(stderr=True)
     start = time.perf_counter()
     SyntheticDataset.prepare(data_root, console.print)
     dataset = describe_dataset(Path(data_root), console)
-    student_cfg, apd_cfg = quickstart_configs(out, data_root, seed, list(overrides or []))
+    student_cfg, apd_cfg = quickstart_configs(out, data_root, seed, list(overrides or []), iters)
 
     assert apd_cfg.teacher is not None
     teacher = build_model(apd_cfg.teacher)

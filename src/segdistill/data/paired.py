@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from ..base.schema import did_you_mean
 from ..errors import UserError
 from .labels import IGNORE_INDEX
-from .samples import Transform, load_label, make_sample
+from .samples import Transform, finish_sample, load_label, read_image_for
 
 Log = Callable[[str], None]
 
@@ -63,11 +63,20 @@ class PairedFolderDataset(Dataset, ABC):
     label_mapping: dict[int, int] = {}
     ignore_index = IGNORE_INDEX
 
-    def __init__(self, root: str | Path, split: str, transform: Transform | None = None, check_labels: bool = True):
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        transform: Transform | None = None,
+        check_labels: bool = True,
+        cache: bool = False,
+    ):
         self.root = self.resolve_root(Path(root))
         self.split = split
         self.transform = transform
         self.check_labels = check_labels
+        # index -> (image uint8 HxWx3, train ids uint8 HxW), decoded and checked once (data.cache)
+        self._decoded: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
         self._lut, self._valid = lookup_table(self.label_mapping)
         self.images: list[Path] = []
         self.labels: list[Path] = []
@@ -135,9 +144,21 @@ class PairedFolderDataset(Dataset, ABC):
                 raise UserError(f"label {path} has values not in {self.label_set()}: {shown}")
         return self._lut[label]
 
+    def decoded(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample ``index`` decoded and checked, unaugmented: the image (RGB uint8 HxWx3) and its train
+        ids (uint8 HxW). With ``cache`` (``data.cache``) each file is read once and kept in memory; the
+        arrays are shared between reads, so nothing downstream may modify them (none does)."""
+        if self._decoded is not None and index in self._decoded:
+            return self._decoded[index]
+        mask = self.load_train_ids(index)
+        pair = (read_image_for(self.images[index], self.labels[index], mask), mask)
+        if self._decoded is not None:
+            self._decoded[index] = pair
+        return pair
+
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image, name = self.images[index], self.sample_name(self.images[index])
-        return make_sample(image, self.labels[index], self.load_train_ids(index), self.transform, name)
+        image, mask = self.decoded(index)
+        return finish_sample(image, mask, self.transform, self.sample_name(self.images[index]))
 
 
 # Every dataset by name, filled by @register in the dataset modules (imported by data.datasets).
@@ -172,6 +193,9 @@ def prepare_dataset(name: str, root: str | Path, log: Log) -> None:
     dataset_class(name).prepare(root, log)
 
 
-def build_dataset(name: str, root: str | Path, split: str, transform: Transform | None = None) -> PairedFolderDataset:
-    """Instantiate the dataset registered under ``name`` (see :data:`DATASETS`)."""
-    return dataset_class(name)(root, split, transform=transform)
+def build_dataset(
+    name: str, root: str | Path, split: str, transform: Transform | None = None, cache: bool = False
+) -> PairedFolderDataset:
+    """Instantiate the dataset registered under ``name`` (see :data:`DATASETS`); ``cache`` keeps every
+    decoded sample in memory after its first read."""
+    return dataset_class(name)(root, split, transform=transform, cache=cache)

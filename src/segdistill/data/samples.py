@@ -48,22 +48,33 @@ def load_label(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def make_sample(
-    image_path: Path, label_path: Path, mask: np.ndarray, transform: Transform | None, name: str
-) -> dict[str, Any]:
-    """Read the image, check it matches its label ``mask`` (train ids, uint8 HxW), augment both,
-    normalise: ``{"image": float32 3xHxW, "label": int64 HxW, "name"}``."""
+def read_image_for(image_path: Path, label_path: Path, mask: np.ndarray) -> np.ndarray:
+    """The image of a sample (RGB uint8 HxWx3), checked to have its label ``mask``'s size."""
     image = load_image(image_path)
     if image.shape[:2] != mask.shape:
         raise UserError(
             f"image {image_path} is {image.shape[1]}x{image.shape[0]} (WxH) but its label "
             f"{label_path} is {mask.shape[1]}x{mask.shape[0]}"
         )
+    return image
+
+
+def finish_sample(image: np.ndarray, mask: np.ndarray, transform: Transform | None, name: str) -> dict[str, Any]:
+    """Augment a decoded image (uint8 HxWx3) and its train ids (uint8 HxW) together, normalise:
+    ``{"image": float32 3xHxW, "label": int64 HxW, "name"}``. The inputs are not modified."""
     if transform is not None:
         out = transform(image=image, mask=mask)
         image, mask = out["image"], out["mask"]
     return {
         "image": normalize(image),
-        "label": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)),
+        "label": torch.from_numpy(np.array(mask, dtype=np.int64)),
         "name": name,
     }
+
+
+def make_sample(
+    image_path: Path, label_path: Path, mask: np.ndarray, transform: Transform | None, name: str
+) -> dict[str, Any]:
+    """Read the image, check it matches its label ``mask`` (train ids, uint8 HxW), augment both,
+    normalise: ``{"image": float32 3xHxW, "label": int64 HxW, "name"}``."""
+    return finish_sample(read_image_for(image_path, label_path, mask), mask, transform, name)

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from ..base.labels import IGNORE_INDEX
 from ..base.outputs import output_logits
@@ -93,16 +94,20 @@ class Distiller(nn.Module):
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:
         self._student_taps.clear()
         self._teacher_taps.clear()
-        with torch.no_grad():
+        with record_function("segdistill.teacher_forward"), torch.no_grad():
             self.teacher(images)
         teacher_maps = self._teacher_taps.collect()
-        output = self.student(images)
+        with record_function("segdistill.student_forward"):
+            output = self.student(images)
         student_maps = self._student_taps.collect()
         teacher_maps = {k: to_common_grid(student_maps[k], v) for k, v in teacher_maps.items()}
-        losses = segmentation_losses(output, labels, self.aux_weight, self.ignore_index)
+        with record_function("segdistill.loss.ce"):
+            losses = segmentation_losses(output, labels, self.aux_weight, self.ignore_index)
         own: dict[str, torch.Tensor] = {}
         for name, loss in self.losses.items():
-            for term, value in loss.forward_taps(student_maps, teacher_maps, labels).items():
+            with record_function(f"segdistill.loss.{name}"):
+                terms = loss.forward_taps(student_maps, teacher_maps, labels)
+            for term, value in terms.items():
                 if term in loss.own_terms:
                     own[term] = value
                 else:

@@ -33,8 +33,8 @@ def build_datasets(config: Config, console: Console | None = None) -> tuple[Data
     transform = train_transform(
         tuple(data.crop_size), tuple(data.scale), data.rotate, data.blur_p, data.flip_p, seed=config.seed
     )
-    train = build_dataset(data.dataset, data.root, data.train_split, transform=transform)
-    val = build_dataset(data.dataset, data.root, data.val_split, transform=None)
+    train = build_dataset(data.dataset, data.root, data.train_split, transform=transform, cache=data.cache)
+    val = build_dataset(data.dataset, data.root, data.val_split, transform=None, cache=data.cache)
     check_class_count(config)
     return train, val
 

@@ -128,7 +128,9 @@ def evaluation_loader(config: Config, split: str | None = None, console: Console
     class counts are checked against it."""
     console = console or Console(stderr=True)
     prepare_dataset(config.data.dataset, config.data.root, console.print)
-    dataset = build_dataset(config.data.dataset, config.data.root, split or config.data.val_split)
+    dataset = build_dataset(
+        config.data.dataset, config.data.root, split or config.data.val_split, cache=config.data.cache
+    )
     check_class_count(config)
     return DataLoader(
         dataset, batch_size=config.eval.batch_size, num_workers=config.data.workers, collate_fn=collate_eval

@@ -68,6 +68,7 @@ RESUMABLE_CHANGES = {
     "train.checkpoint_interval",
     "train.device",
     "data.workers",
+    "data.cache",
     "data.root",
     "out_dir",
     "eval.batch_size",
