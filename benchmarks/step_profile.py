@@ -140,9 +140,8 @@ def compiled_steps(methods: list[str], images, labels, steps: int) -> None:
         e, c = (1000 * sorted(t)[len(t) // 2] for t in times.values())
         saved = (e - c) / 1000
         pays = f"pays back after {compile_s / saved:.0f} steps" if saved > 0 else "never pays back"
-        print(
-            f"  {method:9s} eager {e:7.1f} ms, compiled {c:7.1f} ms (x{e / c:.2f}); first 2 steps {compile_s:.0f} s: {pays}"
-        )
+        timing = f"eager {e:7.1f} ms, compiled {c:7.1f} ms (x{e / c:.2f})"
+        print(f"  {method:9s} {timing}; first 2 steps {compile_s:.0f} s: {pays}")
 
 
 def loader_times(batches: int) -> None:
