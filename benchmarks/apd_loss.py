@@ -30,6 +30,7 @@ than the old. The script prints the load; compare with ``--threads 1`` or with
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
 import time
@@ -196,6 +197,22 @@ def bench(B: int, C: int, h: int, w: int, K: int, repeats: int, bandwidth: float
         print(
             f"  {'':22s} max rel diff new vs old: values {value_diff:.1e}, gradients {grad_diff:.1e}; "
             f"new vs loop: values {loop_diff:.1e}",
+            flush=True,
+        )
+        # both float32 implementations against the formula in float64 (the old code on float64 copies)
+        module = copy.deepcopy(modules[label]).double()
+        x_s = f_s.detach().double().requires_grad_()
+        _, true_v, true_g = step(IMPLEMENTATIONS["old"], module, x_s, f_t.double(), target)
+        errors = {}
+        for impl in ("new", "old"):
+            v, g = results[label, impl]
+            errors[impl] = (
+                max(relative(v[k].double(), true_v[k]) for k in v),
+                max(relative(a.double(), b) for a, b in zip(g, true_g) if b is not None),
+            )
+        print(
+            f"  {'':22s} float32 vs float64: new values {errors['new'][0]:.1e}, gradients {errors['new'][1]:.1e}; "
+            f"old values {errors['old'][0]:.1e}, gradients {errors['old'][1]:.1e}",
             flush=True,
         )
 

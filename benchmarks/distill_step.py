@@ -9,6 +9,12 @@ so the number of classes present is realistic. Steps are interleaved across meth
 sees the same machine load; the median is reported.
 
     python benchmarks/distill_step.py [--steps 10] [--methods baseline kd apd ...]
+    python benchmarks/distill_step.py --loading   # each step also loads its batch, data.cache off vs on
+
+``--loading``: what a training step costs with its data. Every timed step first takes the next batch of
+the recipe's training loader (decode, augmentation, collation; ``data.workers`` 0), from an uncached
+loader ("before") and from a cached one after a full epoch ("after", ``data.cache: true``); both columns
+interleaved in one run, each against the baseline and KD of its own column.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import torch
 
 from segdistill.base.method_options import BENCH_METHODS
 from segdistill.config import load_config
-from segdistill.engine.builders import build_datasets, build_model
+from segdistill.engine.builders import build_datasets, build_loaders, build_model
 from segdistill.engine.run import build_distiller
 from segdistill.engine.runtime import autocast_context
 from segdistill.engine.task import SupervisedTask, train_step
@@ -60,10 +66,35 @@ def step(config, task, optimizer, images, labels) -> None:
     train_step(task, out, optimizer)
 
 
+def loader(cache: bool):
+    """The recipe's training batches, endlessly; a cached loader has read every file once already."""
+    config = load_config(recipe_path("synthetic/student.yaml"), [f"data.cache={str(cache).lower()}"])
+    train, val = build_datasets(config)
+    batches, _ = build_loaders(config, train, val)
+    if cache:
+        for _ in batches:  # one epoch: every file decoded once
+            pass
+    while True:
+        yield from batches
+
+
+def report(title: str, times: dict[str, list[float]], steps: int) -> dict[str, float]:
+    median = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    base = median.get("baseline")
+    kd = median.get("kd")
+    print(f"{title}\n{'method':9s} {'ms/step':>8s} {'vs baseline':>12s} {'vs KD':>7s}   (median of {steps} steps)")
+    for name, seconds in median.items():
+        vs_base = f"x{seconds / base:.2f}" if base else "-"
+        vs_kd = f"x{seconds / kd:.2f}" if kd else "-"
+        print(f"{name:9s} {1000 * seconds:8.1f} {vs_base:>12s} {vs_kd:>7s}")
+    return median
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--loading", action="store_true", help="each step loads its batch: data.cache off vs on")
     args = parser.parse_args()
     config = load_config(recipe_path("synthetic/student.yaml"))
     train, _ = build_datasets(config)
@@ -71,22 +102,30 @@ def main() -> None:
     images = torch.stack([torch.as_tensor(s["image"]) for s in samples])
     labels = torch.stack([torch.as_tensor(s["label"]) for s in samples]).long()
     runs = {m: make(m) for m in args.methods}
-    times: dict[str, list[float]] = {m: [] for m in runs}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {tuple(images.shape)}")
-    for i in range(args.steps + 2):  # interleaved; 2 warm-up rounds
+    if not args.loading:
+        times: dict[str, list[float]] = {m: [] for m in runs}
+        for i in range(args.steps + 2):  # interleaved; 2 warm-up rounds
+            for name, (cfg, task, optimizer) in runs.items():
+                start = time.perf_counter()
+                step(cfg, task, optimizer, images, labels)
+                if i >= 2:
+                    times[name].append(time.perf_counter() - start)
+        report("", times, args.steps)
+        return
+    sources = {"before (no cache)": loader(False), "after (data.cache)": loader(True)}
+    columns: dict[str, dict[str, list[float]]] = {k: {m: [] for m in runs} for k in sources}
+    for i in range(args.steps + 2):
         for name, (cfg, task, optimizer) in runs.items():
-            start = time.perf_counter()
-            step(cfg, task, optimizer, images, labels)
-            if i >= 2:
-                times[name].append(time.perf_counter() - start)
-    median = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
-    base = median.get("baseline")
-    kd = median.get("kd")
-    print(f"{'method':9s} {'ms/step':>8s} {'vs baseline':>12s} {'vs KD':>7s}   (median of {args.steps} steps)")
-    for name, seconds in median.items():
-        vs_base = f"x{seconds / base:.2f}" if base else "-"
-        vs_kd = f"x{seconds / kd:.2f}" if kd else "-"
-        print(f"{name:9s} {1000 * seconds:8.1f} {vs_base:>12s} {vs_kd:>7s}")
+            for column, batches in sources.items():
+                start = time.perf_counter()
+                batch = next(batches)
+                step(cfg, task, optimizer, batch["image"], batch["label"])
+                if i >= 2:
+                    columns[column][name].append(time.perf_counter() - start)
+    medians = {column: report(f"\nwith loading, {column}", times, args.steps) for column, times in columns.items()}
+    before, after = medians.values()
+    print("\nafter / before: " + ", ".join(f"{m} x{after[m] / before[m]:.2f}" for m in runs))
 
 
 if __name__ == "__main__":

@@ -48,6 +48,22 @@ def test_bench_grid_results_and_reuse(tiny_overrides, tmp_path, capsys):
     assert main(args) == 0  # everything reused
     assert capsys.readouterr().err.count("reused") == 6
     assert stamps == {p: p.stat().st_mtime_ns for p in out.glob("*/summary.json")}
+    # keys that change nothing trained (data.cache, workers, intervals) still reuse the runs ...
+    harmless = ["data.cache=true", "train.log_interval=1", "train.tensorboard=false"]
+    grid = ["--methods", "apd", "kd", "baseline", "--seeds", "0", "1", "--out", str(out)]
+    assert main(["bench", "configs/synthetic/apd.yaml", *tiny_overrides, *teacher, *harmless, *grid]) == 0
+    assert capsys.readouterr().err.count("reused") == 6
+    # ... but another copy of the data does not: the baseline is trained again
+    copy = tmp_path / "data_copy"
+    shutil.copytree(next(o.split("=", 1)[1] for o in tiny_overrides if o.startswith("data.root=")), copy)
+    moved = [*tiny_overrides, *teacher, f"data.root={copy}"]
+    assert (
+        main(
+            ["bench", "configs/synthetic/apd.yaml", *moved, "--methods", "baseline", "--seeds", "0", "--out", str(out)]
+        )
+        == 0
+    )
+    assert "reused" not in capsys.readouterr().err
 
 
 def test_bench_refuses_a_method_recipe_with_another_schedule(tiny_overrides, tmp_path, capsys):

@@ -40,6 +40,7 @@ from .engine.run import (
     run_maskd_tokens,
     run_train,
 )
+from .engine.trainer import RESUMABLE_CHANGES, config_changes
 from .errors import LossNotFinite, UserError
 from .models.sources import default_taps
 from .report import bench_figures
@@ -99,14 +100,22 @@ def maskd_tokens_problem(run: Run) -> str | None:
     )
 
 
+# Keys in which a finished run may differ from the bench's and still be reused: what a resume may change,
+# except the data's location (a bench over another copy of the data must not reuse these runs).
+REUSABLE_CHANGES = RESUMABLE_CHANGES - {"data.root"}
+
+
 def _finished(run: Run) -> dict | None:
     """The run's ``summary.json``, or its ``diverged.json`` record (``{"diverged": {...}}``), when the run
-    folder holds one written under this very config; else ``None`` (the run is (re)started)."""
+    folder holds one written under this config, up to the keys that change nothing trained (those a
+    resume may change: log and eval intervals, workers, ``data.cache``, TensorBoard, ...); else ``None``
+    (the run is (re)started)."""
     saved = run.config.run_dir / "config.yaml"
     for name in ("summary.json", "diverged.json"):
         path = run.config.run_dir / name
         if path.is_file() and saved.is_file():
-            if with_current_defaults(yaml.safe_load(saved.read_text())) != config_to_dict(run.config):
+            stored = with_current_defaults(yaml.safe_load(saved.read_text()), type(run.config))
+            if config_changes(stored, config_to_dict(run.config), REUSABLE_CHANGES):
                 return None
             return json.loads(path.read_text())
     return None

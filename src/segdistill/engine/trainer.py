@@ -86,11 +86,12 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def config_changes(saved: dict, current: dict) -> list[str]:
-    """``key: saved -> current`` for every config key that differs and would change the training."""
+def config_changes(saved: dict, current: dict, allowed: frozenset[str] | set[str] = RESUMABLE_CHANGES) -> list[str]:
+    """``key: saved -> current`` for every config key that differs and would change the training (keys in
+    ``allowed`` aside)."""
     a, b = _flatten(saved), _flatten(current)
     keys = sorted(set(a) | set(b))
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES]
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k) and k not in allowed]
 
 
 def build_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
