@@ -788,3 +788,25 @@ def test_skd_pairwise_affinity_is_over_pooled_nodes():
 
     assert pair_affinity(torch.randn(1, 4, 64, 128), pool=2).shape == (1, 2048, 2048)
     assert pair_affinity(torch.randn(1, 4, 65, 129), pool=2).shape == (1, 33 * 65, 33 * 65)  # ceil mode
+
+
+def test_cirkd_minibatch_checkpoints_only_when_the_relations_are_large(monkeypatch):
+    """Auto mode: direct at small maps, checkpointed above CHECKPOINT_ABOVE_BYTES; float32 values and
+    gradients equal to the last digit either way (the same operators run again in backward)."""
+    from segdistill.distill import cirkd
+
+    calls = []
+    real = cirkd.checkpoint
+    monkeypatch.setattr(cirkd, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(11)
+    base_s, ft = torch.randn(2, 4, 6, 7), torch.randn(2, 5, 6, 7)
+    results = []
+    for limit in (10**9, 0):  # relations 2*2*42*42*4 bytes: under the first limit, over the second
+        monkeypatch.setattr(cirkd, "CHECKPOINT_ABOVE_BYTES", limit)
+        fs = base_s.clone().requires_grad_()
+        value = CIRKDMiniBatchLoss(0.1)(fs, ft)["cirkd_mb"]
+        value.backward()
+        results.append((value.detach(), fs.grad, len(calls)))
+    (v1, g1, n1), (v2, g2, n2) = results
+    assert n1 == 0 and n2 == 2  # one checkpoint per anchor image, only over the limit
+    assert torch.equal(v1, v2) and torch.equal(g1, g2)
