@@ -378,3 +378,14 @@ def test_global_scope_over_two_ranks_with_an_empty_rank(tmp_path):
         for a, b in zip(new_grads, old_grads):
             assert_close_relative(torch.from_numpy(a), torch.from_numpy(b), 1e-9, f"rank {rank}")
     assert results[1][0][0]["apd_teacher_ce"] == 0.0 and results[1][0][0]["apd_kl"] > 0
+
+
+def test_a_second_derivative_through_the_kernels_raises():
+    """The backwards are analytic (once_differentiable): create_graph through them is an error, never a
+    silently wrong second derivative."""
+    f_s, f_t, target = make_case(torch.float64, seed=5)
+    loss = APDLoss(5, 6, 6, adapter=False).double()
+    x = f_s.clone().requires_grad_()
+    (g,) = torch.autograd.grad(loss(x, f_t, target)["apd_kl"], x, create_graph=True)
+    with pytest.raises(RuntimeError, match="does not require grad"):  # once_differentiable: no graph to go on
+        torch.autograd.grad((g * g).sum(), x)

@@ -60,3 +60,45 @@ def test_a_run_with_the_cache_equals_one_without(tiny_overrides, tmp_path):
         weights[cache] = state["model"]
     assert weights[False].keys() == weights[True].keys()
     assert all(torch.equal(weights[False][k], weights[True][k]) for k in weights[False])
+
+
+def test_the_cache_survives_epochs_and_evaluations_with_workers(tiny_data, tmp_path):
+    """With data.workers > 0 the workers persist (a new worker would start with an empty cache)."""
+    from segdistill.config import load_config
+    from segdistill.engine.builders import build_datasets, build_loaders
+    from segdistill.quickstart import recipe_path
+
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_data, root)
+    overrides = [f"data.root={root}", "data.workers=1", "data.cache=true", "data.batch_size=4"]
+    overrides.append("data.crop_size=[32,32]")
+    config = load_config(recipe_path("synthetic/student.yaml"), overrides)
+    train_set, val_set = build_datasets(config)
+    train, val = build_loaders(config, train_set, val_set)
+    first = [batch["label"] for batch in val]
+    for _ in train:  # one epoch: every training file decoded once, in the worker
+        pass
+    shutil.rmtree(root / "leftImg8bit")
+    shutil.rmtree(root / "gtFine")
+    for _ in train:  # a second epoch and a second evaluation read nothing from disk
+        pass
+    assert all(torch.equal(a, b["label"]) for a, b in zip(first, val))
+
+
+def test_an_evaluation_does_not_draw_from_the_global_rng(tiny_data):
+    """Iterating an evaluation loader leaves torch's global RNG where it was (it has its own generator), so
+    evaluating during training does not change the dropout masks after it."""
+    from segdistill.config import load_config
+    from segdistill.engine.builders import build_datasets, build_loaders
+    from segdistill.engine.run import evaluation_loader
+    from segdistill.quickstart import recipe_path
+
+    config = load_config(recipe_path("synthetic/student.yaml"), [f"data.root={tiny_data}"])
+    _, val = build_loaders(config, *build_datasets(config))
+    for loader in (val, evaluation_loader(config)):
+        torch.manual_seed(0)
+        expected = torch.rand(3)
+        torch.manual_seed(0)
+        for _ in loader:
+            pass
+        assert torch.equal(torch.rand(3), expected)

@@ -101,8 +101,10 @@ def maskd_tokens_problem(run: Run) -> str | None:
 
 
 # Keys in which a finished run may differ from the bench's and still be reused: what a resume may change,
-# except the data's location (a bench over another copy of the data must not reuse these runs).
-REUSABLE_CHANGES = RESUMABLE_CHANGES - {"data.root"}
+# except the data's location (a bench over another copy of the data must not reuse these runs) and the
+# device (another device computes other numbers). Loading settings (workers, cache) change only the
+# timing; results.md's s/it then mixes them, as it mixes machine loads.
+REUSABLE_CHANGES = RESUMABLE_CHANGES - {"data.root", "train.device"}
 
 
 def _finished(run: Run) -> dict | None:

@@ -20,11 +20,13 @@ interpolation's rows and weights are computed on the host from the sizes alone).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 EPS = 1e-12  # F.normalize's eps: a vector is divided by max(norm, EPS)
 ABSENT = -1.0e4  # logit for classes absent from the pool: exp() underflows to exactly 0
@@ -111,6 +113,7 @@ class NormPoolLogits(torch.autograd.Function):
         return z, protos
 
     @staticmethod
+    @once_differentiable  # analytic: a second derivative through it would be wrong, so it raises
     def backward(ctx, dz, dprotos):  # noqa: D102
         x, norm, inv, weights, protos, sums_norm, z = ctx.saved_tensors
         b, c, _ = x.shape
@@ -154,6 +157,7 @@ class AdaptiveKL(torch.autograd.Function):
         return kl
 
     @staticmethod
+    @once_differentiable  # analytic: a second derivative through it would be wrong, so it raises
     def backward(ctx, grad):  # noqa: D102
         (q_minus_p,) = ctx.saved_tensors
         return q_minus_p * grad[:, None, None], None, None
@@ -236,18 +240,21 @@ class UpsampleCrossEntropy(torch.autograd.Function):
         return -log_p.sum(dim=(1, 2, 3))  # B
 
     @staticmethod
+    @once_differentiable  # analytic: a second derivative through it would be wrong, so it raises
     def backward(ctx, grad):  # noqa: D102
         (dz,) = ctx.saved_tensors
         return dz * grad[:, None, None, None], None, None, None, None
 
 
+@functools.lru_cache(maxsize=32)
 def interpolation_matrix(
     out_size: int, in_size: int, dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor, list[int], list[int]]:
     """``out_size x in_size`` matrix of 1-d linear interpolation with ``align_corners=True``, its indices and
     weights computed as torch's ``upsample_bilinear2d`` computes them (in ``dtype``), and, for each output
     position, its first and last source position. Built on the host from the sizes alone (no device
-    read-back), then moved to ``device``."""
+    read-back), then moved to ``device`` once per size, dtype and device (cached: a host-to-device copy
+    of pageable memory would synchronise an accelerator's stream every step). Read-only."""
     scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
     src = torch.arange(out_size, dtype=dtype) * torch.tensor(scale, dtype=dtype)
     i0 = src.floor().clamp(max=in_size - 1)

@@ -51,9 +51,10 @@ class CIRKDMiniBatchLoss(DistillLoss):
     The loss is computed one anchor image at a time, each under activation checkpointing, so the peak
     is one image's relations to the batch (``hw x B*hw``) instead of all ``B^2`` pairs with their
     softmax copies kept for backward. ``checkpointed=None`` (the default) checkpoints only when the
-    ``B^2`` relation matrices would take more than :data:`CHECKPOINT_ABOVE_BYTES`: below that the
-    recomputation in backward is time spent for no memory that matters (the embedded default's 16 x 16
-    maps: 17 MB). Checkpointed and direct give the same numbers (the same operators run again).
+    ``B^2`` relation matrices (one copy; the direct backward keeps about 4 of them with their softmaxes)
+    would take more than :data:`CHECKPOINT_ABOVE_BYTES`: below that the recomputation in backward is time
+    spent for no memory that matters (the embedded default's 16 x 16 maps: 17 MB per copy).
+    Checkpointed and direct give the same numbers (the same operators run again).
     ``pool=2`` averages 2x2 windows first (ceil mode), as the reference's ``pooling`` flag does (off in
     its scripts; CIRKDv2 pools 4x4 when h and w >= 256).
     Returns ``{"cirkd_mb": scalar}``. Reference weight 1.

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..assets import load_shipped
 from ..base.schema import fields_of
-from ..config import Config, ModelConfig
+from ..config import Config, DataConfig, ModelConfig
 from ..data.datasets import build_dataset, class_names, prepare_dataset
 from ..data.sampling import EpochBatchSampler, SeededSamples
 from ..data.transforms import seed_worker, train_transform
@@ -67,7 +67,7 @@ def build_loaders(
         num_workers=data.workers,
         worker_init_fn=seed_worker,
         generator=generator,
-        persistent_workers=False,
+        persistent_workers=keep_workers(data),
     )
     val_indices = list(range(rank, len(val), world_size))
     val_loader = DataLoader(
@@ -76,8 +76,23 @@ def build_loaders(
         sampler=val_indices,
         num_workers=data.workers,
         collate_fn=collate_eval,
+        generator=evaluation_generator(),
+        persistent_workers=keep_workers(data),
     )
     return train_loader, val_loader
+
+
+def keep_workers(data: DataConfig) -> bool:
+    """DataLoader workers live across epochs (and evaluations) when they hold a ``data.cache``: new
+    workers would start with empty caches and decode every file again."""
+    return data.workers > 0 and data.cache
+
+
+def evaluation_generator() -> torch.Generator:
+    """An evaluation loader's own generator (fixed seed): without one, every ``iter(loader)`` draws its
+    workers' base seed from the global torch RNG, so an evaluation during training would shift the
+    dropout masks after it, and ``train.eval_interval`` would change the trained weights."""
+    return torch.Generator().manual_seed(0)
 
 
 # The ModelConfig keys that build_segmentor takes as keyword arguments, under the same names.

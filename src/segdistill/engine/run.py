@@ -32,6 +32,8 @@ from .builders import (
     build_model,
     check_class_count,
     check_model_output,
+    evaluation_generator,
+    keep_workers,
     load_weights,
     write_summary,
 )
@@ -133,7 +135,12 @@ def evaluation_loader(config: Config, split: str | None = None, console: Console
     )
     check_class_count(config)
     return DataLoader(
-        dataset, batch_size=config.eval.batch_size, num_workers=config.data.workers, collate_fn=collate_eval
+        dataset,
+        batch_size=config.eval.batch_size,
+        num_workers=config.data.workers,
+        collate_fn=collate_eval,
+        generator=evaluation_generator(),
+        persistent_workers=keep_workers(config.data),
     )
 
 
