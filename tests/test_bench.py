@@ -40,6 +40,9 @@ def test_bench_grid_results_and_reuse(tiny_overrides, tmp_path, capsys):
     assert all(0.0 <= float(r["mIoU"]) <= 1.0 and "road" in r for r in rows)
     text = (out / "results.md").read_text()
     assert "gap closed" in text and "| apd |" in text and "Per-class IoU" in text and (out / "teacher.json").exists()
+    for method in ("apd", "kd"):  # every method but the baseline gets its share of the gap (APD had none)
+        row = next(line for line in text.splitlines() if line.startswith(f"| {method} |"))
+        assert row.split("|")[5].strip().endswith("%"), row
     assert "Paired per-seed differences" in text and "| kd |" in text.split("Paired per-seed")[1]
     for figure in ("curves", "per_class", "predictions", "tsne"):
         assert (out / f"{figure}.png").stat().st_size > 1000, figure

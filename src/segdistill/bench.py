@@ -241,8 +241,8 @@ def summarise(results: dict[str, list[dict]], seeds: list[int], teacher_miou: fl
         if "apd" in results and method not in ("apd", "baseline"):
             pairs = [(_miou(r), _miou(a)) for r, a in zip(runs, results["apd"]) if "val" in r and "val" in a]
             row["vs_apd"] = paired_difference([m for m, _ in pairs], [a for _, a in pairs])
-            if teacher_miou is not None and base_mean is not None and teacher_miou != base_mean:
-                row["gap_closed"] = (row["mIoU"] - base_mean) / (teacher_miou - base_mean)
+        if method != "baseline" and teacher_miou is not None and base_mean is not None and teacher_miou != base_mean:
+            row["gap_closed"] = (row["mIoU"] - base_mean) / (teacher_miou - base_mean)
         per_class = []
         for c in range(len(names)):
             values = [r["val"]["iou"][c] for r in done if r["val"]["iou"][c] is not None]
