@@ -393,3 +393,20 @@ def test_data_synth_coco_writes_both_splits(tmp_path):
     for split, count in (("train", 2), ("val", 1)):
         data = json.loads((out / f"annotations/instances_{split}.json").read_text())
         assert len(data["images"]) == count and (out / data["images"][0]["file_name"]).is_file()
+
+
+def test_detection_evaluation_loaders_do_not_draw_from_the_global_rng(coco_data):
+    """An evaluation during training leaves torch's global RNG (RPN / RoI sampling, dropout) untouched."""
+    from rich.console import Console
+
+    from segdistill.detection.config import load_detection_config
+    from segdistill.detection.run import build_detection_datasets, build_detection_loaders
+
+    config = load_detection_config("configs/synthetic/detection/student.yaml", [f"data.root={coco_data}"])
+    _, val = build_detection_loaders(config, *build_detection_datasets(config, Console(stderr=True)))
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    for _ in val:
+        pass
+    assert torch.equal(torch.rand(3), expected)

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from ..data.datasets import SyntheticDataset
 from ..data.sampling import EpochBatchSampler, SeededSamples
-from ..engine.builders import load_weights
+from ..engine.builders import evaluation_generator, load_weights
 from ..engine.checkpoint import prepare_run_dir, sha256
 from ..engine.distributed import DistInfo
 from ..engine.job import Loaders, Process, run_job
@@ -126,7 +126,13 @@ def build_detection_loaders(config: DetectionConfig, train: CocoDetection, val: 
         # resumed mid-epoch would diverge from an uninterrupted one (RPN/RoI sampling uses that RNG)
         generator=torch.Generator().manual_seed(config.seed),
     )
-    val_loader = DataLoader(val, batch_size=data.batch_size, num_workers=data.workers, collate_fn=collate_detection)
+    val_loader = DataLoader(  # its own generator too: an evaluation must not draw from the global RNG
+        val,
+        batch_size=data.batch_size,
+        num_workers=data.workers,
+        collate_fn=collate_detection,
+        generator=evaluation_generator(),
+    )
     return train_loader, val_loader
 
 
@@ -275,7 +281,11 @@ def run_detect_eval(config: DetectionConfig, checkpoint: str, console: Console |
     load_weights(model, checkpoint)
     model.to(device)
     loader = DataLoader(
-        val, batch_size=config.data.batch_size, num_workers=config.data.workers, collate_fn=collate_detection
+        val,
+        batch_size=config.data.batch_size,
+        num_workers=config.data.workers,
+        collate_fn=collate_detection,
+        generator=evaluation_generator(),
     )
     start = time.perf_counter()
     metrics = evaluate_detector(model, loader, val.data, val.category_ids, device)
