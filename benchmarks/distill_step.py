@@ -66,6 +66,16 @@ def step(config, task, optimizer, images, labels) -> None:
     train_step(task, out, optimizer)
 
 
+def first_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``data.batch_size`` training samples of the embedded default, augmented: images
+    ``B x 3 x 128 x 128`` and labels ``B x 128 x 128``."""
+    config = load_config(recipe_path("synthetic/student.yaml"))
+    train, _ = build_datasets(config)
+    samples = [train[i] for i in range(config.data.batch_size)]
+    images = torch.stack([torch.as_tensor(s["image"]) for s in samples])
+    return images, torch.stack([torch.as_tensor(s["label"]) for s in samples]).long()
+
+
 def loader(cache: bool):
     """The recipe's training batches, endlessly; a cached loader has read every file once already."""
     config = load_config(recipe_path("synthetic/student.yaml"), [f"data.cache={str(cache).lower()}"])
@@ -96,11 +106,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=METHODS)
     parser.add_argument("--loading", action="store_true", help="each step loads its batch: data.cache off vs on")
     args = parser.parse_args()
-    config = load_config(recipe_path("synthetic/student.yaml"))
-    train, _ = build_datasets(config)
-    samples = [train[i] for i in range(config.data.batch_size)]
-    images = torch.stack([torch.as_tensor(s["image"]) for s in samples])
-    labels = torch.stack([torch.as_tensor(s["label"]) for s in samples]).long()
+    images, labels = first_batch()
     runs = {m: make(m) for m in args.methods}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {tuple(images.shape)}")
     if not args.loading:

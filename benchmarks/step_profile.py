@@ -21,7 +21,7 @@ import time
 from collections import defaultdict
 
 import torch
-from distill_step import METHODS, make  # noqa: I001  (the sibling benchmark's builders)
+from distill_step import METHODS, first_batch, make  # noqa: I001  (the sibling benchmark's builders)
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from segdistill.config import load_config
@@ -169,11 +169,7 @@ def main() -> None:
     parser.add_argument("--no-extras", action="store_true", help="only the per-method table")
     parser.add_argument("--compile", nargs="*", metavar="METHOD", help="also time torch.compile for these methods")
     args = parser.parse_args()
-    config = load_config(recipe_path("synthetic/student.yaml"))
-    train, _ = build_datasets(config)
-    samples = [train[i] for i in range(config.data.batch_size)]
-    images = torch.stack([torch.as_tensor(s["image"]) for s in samples])
-    labels = torch.stack([torch.as_tensor(s["label"]) for s in samples]).long()
+    images, labels = first_batch()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {tuple(images.shape)}")
     header = ["step", *SCOPES]
     names = ["step", "teacher fwd", "student fwd", "CE", "method losses", "backward+steps"]
