@@ -95,6 +95,23 @@ def test_paired_differences_with_a_t_interval():
     assert paired_difference([0.5], [0.4]) is None  # one seed: no interval
 
 
+def test_seconds_per_iteration_is_the_median_over_seeds():
+    """One run slowed by other load (here 10x) does not move a method's s/it or its time ratio."""
+    from segdistill.bench import summarise
+
+    def run(miou: float, seconds: float) -> dict:
+        return {"val": {"mIoU": miou, "train_seconds": seconds, "iou": [miou]}, "iters": 100}
+
+    results = {
+        "baseline": [run(0.40, 10.0), run(0.41, 12.0), run(0.42, 11.0)],
+        "kd": [run(0.42, 200.0), run(0.43, 20.0), run(0.44, 22.0)],
+    }
+    rows = summarise(results, [0, 1, 2], None, ["road"])
+    assert rows["baseline"]["s_per_it"] == pytest.approx(0.11)
+    assert rows["kd"]["s_per_it"] == pytest.approx(0.22)
+    assert rows["kd"]["time_ratio"] == pytest.approx(2.0)
+
+
 def test_a_run_that_diverges_is_recorded_and_the_bench_goes_on(tiny_overrides, tmp_path, capsys):
     """A method whose loss is not finite stops its own run, not the comparison: the run is recorded as
     diverged (``diverged.json`` with the step), shown so in results.md / results.csv, left out of the

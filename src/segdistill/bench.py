@@ -212,6 +212,12 @@ def _miou(result: dict) -> float | None:
     return result["val"]["mIoU"] if "val" in result else None
 
 
+def _seconds_per_iteration(runs: list[dict]) -> float:
+    """Median over the finished runs of training seconds per iteration: a run slowed by other load on the
+    machine (or paused) moves the median of three seeds less than the mean."""
+    return statistics.median(r["val"]["train_seconds"] / r["iters"] for r in runs)
+
+
 def summarise(results: dict[str, list[dict]], seeds: list[int], teacher_miou: float | None, names: list[str]) -> dict:
     """Per method: mIoU mean/sd, per-seed values, gain over the baseline (mean ± sd of per-seed
     gains), share of the teacher-student gap closed, per-class mean IoU, seconds per iteration.
@@ -223,7 +229,7 @@ def summarise(results: dict[str, list[dict]], seeds: list[int], teacher_miou: fl
     base = results.get("baseline")
     base_done = [r for r in base if "val" in r] if base else []
     base_mean = statistics.fmean(r["val"]["mIoU"] for r in base_done) if base_done else None
-    base_time = statistics.fmean(r["val"]["train_seconds"] / r["iters"] for r in base_done) if base_done else None
+    base_time = _seconds_per_iteration(base_done) if base_done else None
     for method, runs in results.items():
         done = [r for r in runs if "val" in r]
         row: dict = {"per_seed": [_miou(r) for r in runs], "mIoU": None, "sd": None, "s_per_it": None}
@@ -248,7 +254,7 @@ def summarise(results: dict[str, list[dict]], seeds: list[int], teacher_miou: fl
             values = [r["val"]["iou"][c] for r in done if r["val"]["iou"][c] is not None]
             per_class.append(statistics.fmean(values) if values else None)
         row["per_class"] = per_class
-        row["s_per_it"] = statistics.fmean(r["val"]["train_seconds"] / r["iters"] for r in done)
+        row["s_per_it"] = _seconds_per_iteration(done)
         if base_time:
             row["time_ratio"] = row["s_per_it"] / base_time
     return rows
@@ -286,9 +292,9 @@ def write_results(
     teacher_miou = teacher["val"]["mIoU"] if teacher else None
     lines = [
         f"seeds {seeds}; val mIoU (%), mean ± s.d. over seeds; gain = mean ± s.d. of the per-seed gains over "
-        f"the baseline; gap closed = gain / (teacher - baseline); s/it = training seconds per iteration "
-        f"(final evaluation included); a run that stopped on a non-finite loss is shown as diverged and left out "
-        f"of the statistics" + (f"; teacher {_pct(teacher_miou)}" if teacher else ""),
+        f"the baseline; gap closed = gain / (teacher - baseline); s/it = training seconds per iteration, median "
+        f"over seeds (final evaluation included); a run that stopped on a non-finite loss is shown as diverged and "
+        f"left out of the statistics" + (f"; teacher {_pct(teacher_miou)}" if teacher else ""),
         "",
         "| method | mIoU | per seed | gain | gap closed | s/it | time vs baseline |",
         "|---|---|---|---|---:|---:|---:|",
