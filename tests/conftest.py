@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,18 @@ def tiny_overrides(tiny_data, tmp_path) -> list[str]:
         "train.channels_last=false",
         "eval.batch_size=4",
     ]
+
+
+@pytest.fixture
+def assert_leaves_global_rng() -> Callable[[Iterable], None]:
+    """A check that iterating ``loader`` to its end leaves torch's global RNG where it was."""
+
+    def check(loader: Iterable) -> None:
+        torch.manual_seed(0)
+        expected = torch.rand(3)
+        torch.manual_seed(0)
+        for _ in loader:
+            pass
+        assert torch.equal(torch.rand(3), expected)
+
+    return check

@@ -395,7 +395,7 @@ def test_data_synth_coco_writes_both_splits(tmp_path):
         assert len(data["images"]) == count and (out / data["images"][0]["file_name"]).is_file()
 
 
-def test_detection_evaluation_loaders_do_not_draw_from_the_global_rng(coco_data):
+def test_detection_evaluation_loaders_do_not_draw_from_the_global_rng(coco_data, assert_leaves_global_rng):
     """An evaluation during training leaves torch's global RNG (RPN / RoI sampling, dropout) untouched."""
     from rich.console import Console
 
@@ -404,9 +404,4 @@ def test_detection_evaluation_loaders_do_not_draw_from_the_global_rng(coco_data)
 
     config = load_detection_config("configs/synthetic/detection/student.yaml", [f"data.root={coco_data}"])
     _, val = build_detection_loaders(config, *build_detection_datasets(config, Console(stderr=True)))
-    torch.manual_seed(0)
-    expected = torch.rand(3)
-    torch.manual_seed(0)
-    for _ in val:
-        pass
-    assert torch.equal(torch.rand(3), expected)
+    assert_leaves_global_rng(val)
