@@ -1,6 +1,9 @@
 """APDLoss on its kernels (segdistill.distill.apd_kernels) against the previous vectorised implementation,
 kept here verbatim as a private reference: values and gradients (student features, student adapter,
-teacher adapter), every term and scope, pools, float64 to 1e-9 and float32 to 1e-5 relative."""
+teacher adapter), every term and scope, pools: float64 to 1e-9 relative, and float32 (both versions) to
+3e-5 relative of the float64 result."""
+
+import copy
 
 import pytest
 import torch
@@ -144,7 +147,9 @@ def _old_terms(loss, student_feat, teacher_feat, labels):
 
 # ----------------------------------------------------------------------------------------------------
 
-TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-5}
+# float32: the largest error of either version against float64 here is 9.0e-6 (Intel Xeon; the new one 8.96e-6,
+# the previous one 8.49e-6), so 3e-5 leaves a margin for other CPUs' kernels; a wrong term is off by far more.
+TOLERANCE = {torch.float64: 1e-9, torch.float32: 3e-5}
 SCOPES = [("batch", None), ("batch", 2), ("batch", 3), ("image", None), ("global", None)]
 
 
@@ -184,18 +189,30 @@ def assert_close_relative(actual, expected, rel, what):
         assert actual is None or torch.count_nonzero(actual) == 0, what
         return
     scale = expected.abs().max().item()
-    torch.testing.assert_close(actual, expected, rtol=rel, atol=rel * max(scale, 1e-30), msg=what)
+    torch.testing.assert_close(actual.to(expected.dtype), expected, rtol=rel, atol=rel * max(scale, 1e-30), msg=what)
 
 
 def compare(loss, f_s, f_t, target, rel, reference=_old_terms):
+    """The new terms and gradients against ``reference``'s. In float64 the two must agree within ``rel``.
+    In float32 the two orders of operations round differently, and by CPU (the same case differs by 1.1e-5
+    of its largest gradient on one Intel Xeon, by less on an AMD EPYC, while both lie within 1e-5 of the
+    exact value), so there both are compared with ``reference`` run in float64 on copies, and both must lie
+    within ``rel`` of it: the new version is as accurate as the old one, whatever the CPU."""
     new_v, new_g = terms_and_gradients(lambda m, a, b, c: m(a, b, c), loss, f_s, f_t, target)
     old_v, old_g = terms_and_gradients(reference, loss, f_s, f_t, target)
+    if f_s.dtype == torch.float64:
+        exact = {"new": (new_v, new_g)}
+        ref_v, ref_g = old_v, old_g
+    else:
+        exact = {"new": (new_v, new_g), "previous": (old_v, old_g)}
+        ref_v, ref_g = terms_and_gradients(reference, copy.deepcopy(loss).double(), f_s.double(), f_t.double(), target)
     names = ["student features", *(n for n, _ in loss.named_parameters())]
-    for key in old_v:
-        assert new_v[key].dtype == old_v[key].dtype
-        assert new_v[key].item() == pytest.approx(old_v[key].item(), rel=rel, abs=1e-30), key
-        for name, a, b in zip(names, new_g[key], old_g[key]):
-            assert_close_relative(a, b, rel, f"d {key} / d {name}")
+    for which, (values, grads) in exact.items():
+        for key in ref_v:
+            assert values[key].dtype == f_s.dtype, (which, key)
+            assert values[key].item() == pytest.approx(ref_v[key].item(), rel=rel, abs=1e-30), (which, key)
+            for name, a, b in zip(names, grads[key], ref_g[key]):
+                assert_close_relative(a, b, rel, f"{which}: d {key} / d {name}")
     return new_v, new_g
 
 
@@ -280,7 +297,7 @@ def test_large_scale_takes_the_log_softmax_path():
     f_s, f_t, target = make_case(torch.float32, seed=6)
     torch.manual_seed(0)
     loss = APDLoss(5, 6, 6, adapter_channels=7, scale=60.0)
-    compare(loss, f_s, f_t, target, 1e-5)
+    compare(loss, f_s, f_t, target, TOLERANCE[torch.float32])
 
 
 def test_half_precision_inputs_compute_in_float32_and_float64_is_kept():
