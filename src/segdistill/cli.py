@@ -146,6 +146,31 @@ def cmd_maskd_tokens(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_rank(args: argparse.Namespace, console: Console) -> int:
+    from .report.ranking import compare_rankings, mean_miou
+
+    result = compare_rankings(mean_miou(Path(args.a)), mean_miou(Path(args.b)))
+    table = Table(title="mean val mIoU (%) and rank of the methods both grids hold")
+    for column in ("method", "A", "rank A", "B", "rank B"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for m in result.methods:
+        table.add_row(
+            m,
+            f"{100 * result.a[m]:.2f}",
+            str(result.rank(result.a, m)),
+            f"{100 * result.b[m]:.2f}",
+            str(result.rank(result.b, m)),
+        )
+    console.print(table)
+    pairs = ", ".join(f"{x}/{y}" for x, y in result.discordant) or "none"
+    console.print(
+        f"A = {args.a}, B = {args.b}: Kendall tau {result.tau:.3f} over {len(result.methods)} methods "
+        f"({result.concordant} pairs in the same order, {len(result.discordant)} reversed, {result.ties} tied); "
+        f"reversed: {pairs}"
+    )
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     from .bench import run_bench
 
@@ -369,6 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="runs/bench")
     bench.add_argument("--no-figures", action="store_true", help="skip curves, per-class bars, predictions, t-SNE")
     bench.set_defaults(func=cmd_bench)
+
+    rank = sub.add_parser("rank", help="do two bench grids (results.csv) rank their common methods alike?")
+    rank.add_argument("a", help="a bench results.csv, e.g. docs/bench1000/results.csv")
+    rank.add_argument("b", help="another, e.g. docs/bench_heldout/results.csv")
+    rank.set_defaults(func=cmd_rank)
 
     prof = sub.add_parser("profile", help="parameters, FLOPs and latency of the teacher and the student")
     prof.add_argument("config")
