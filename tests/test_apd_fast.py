@@ -201,13 +201,13 @@ def compare(loss, f_s, f_t, target, rel, reference=_old_terms):
     new_v, new_g = terms_and_gradients(lambda m, a, b, c: m(a, b, c), loss, f_s, f_t, target)
     old_v, old_g = terms_and_gradients(reference, loss, f_s, f_t, target)
     if f_s.dtype == torch.float64:
-        exact = {"new": (new_v, new_g)}
+        checked = {"new": (new_v, new_g)}
         ref_v, ref_g = old_v, old_g
     else:
-        exact = {"new": (new_v, new_g), "previous": (old_v, old_g)}
+        checked = {"new": (new_v, new_g), "previous": (old_v, old_g)}
         ref_v, ref_g = terms_and_gradients(reference, copy.deepcopy(loss).double(), f_s.double(), f_t.double(), target)
     names = ["student features", *(n for n, _ in loss.named_parameters())]
-    for which, (values, grads) in exact.items():
+    for which, (values, grads) in checked.items():
         for key in ref_v:
             assert values[key].dtype == f_s.dtype, (which, key)
             assert values[key].item() == pytest.approx(ref_v[key].item(), rel=rel, abs=1e-30), (which, key)
