@@ -405,3 +405,92 @@ def test_detection_evaluation_loaders_do_not_draw_from_the_global_rng(coco_data,
     config = load_detection_config("configs/synthetic/detection/student.yaml", [f"data.root={coco_data}"])
     _, val = build_detection_loaders(config, *build_detection_datasets(config, Console(stderr=True)))
     assert_leaves_global_rng(val)
+
+
+class OracleDetector(torch.nn.Module):
+    """Returns each val image's ground-truth boxes, every other one shifted by 2 pixels, plus one
+    confident false positive: COCO scores it well above 0 and below 1 (a non-trivial AP)."""
+
+    def __init__(self, val: CocoDetection) -> None:
+        super().__init__()
+        self.truth = {}
+        for index in range(len(val)):
+            image, target = val[index]
+            self.truth[self.key(image)] = target
+
+    @staticmethod
+    def key(image: torch.Tensor) -> float:
+        return round(float(image.double().sum()), 3)
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        outputs = []
+        for image in images:
+            target = self.truth[self.key(image)]
+            boxes = target["boxes"].clone()
+            boxes[::2] += 2.0
+            boxes = torch.cat([boxes, torch.tensor([[0.0, 0.0, 20.0, 20.0]])])
+            n = len(boxes)
+            scores = torch.linspace(0.9, 0.5, n)
+            labels = torch.cat([target["labels"], torch.tensor([1])])
+            outputs.append({"boxes": boxes, "scores": scores.roll(1), "labels": labels})
+        return outputs
+
+
+def test_sharded_evaluation_scores_like_one_process(coco_data, monkeypatch):
+    """Under torchrun each rank evaluates its shard of the val split and the detections are gathered:
+    the metrics equal one process's evaluation of the whole split exactly (simulated here: rank 1's
+    detections are what the gather returns beside rank 0's)."""
+    from rich.console import Console
+
+    import segdistill.detection.evaluate as evaluate_module
+    from segdistill.detection.config import load_detection_config
+    from segdistill.detection.run import build_detection_datasets, build_detection_loaders
+    from segdistill.engine.distributed import DistInfo
+
+    config = load_detection_config("configs/synthetic/detection/student.yaml", [f"data.root={coco_data}"])
+    train, val = build_detection_datasets(config, Console(stderr=True))
+    oracle = OracleDetector(val)
+    gt, ids = val.data, val.category_ids
+    whole = evaluate_module.evaluate_detector(oracle, build_detection_loaders(config, train, val)[1], gt, ids)
+    assert 0.2 < whole["bbox_AP"] < 0.99 and whole["detections"] > len(val)
+
+    shards = [build_detection_loaders(config, train, val, rank, 2)[1] for rank in (0, 1)]
+    assert sorted(i for s in shards for i in s.sampler) == list(range(len(val)))  # each image once
+    kept = {}
+    monkeypatch.setattr(evaluate_module, "gather_objects", lambda obj, info: kept.setdefault("rank1", [obj]))
+    evaluate_module.evaluate_detector(oracle, shards[1], gt, ids, dist=DistInfo(1, 2))
+    monkeypatch.setattr(evaluate_module, "gather_objects", lambda obj, info: [obj, *kept["rank1"]])
+    sharded = evaluate_module.evaluate_detector(oracle, shards[0], gt, ids, dist=DistInfo(0, 2))
+    assert sharded == whole
+
+
+@pytest.mark.slow
+def test_two_process_detection_distillation(coco_data, tmp_path, tiny_teacher):
+    """`segdistill detect distill` under 2 gloo processes (torchrun's environment): both ranks finish,
+    only rank 0 talks, the checkpoint holds both ranks' RNG states, and the gathered evaluation of the
+    sharded val split equals a one-process `detect eval` of the saved weights."""
+    from test_distributed import launch
+
+    args = [*_detect_args(coco_data, tmp_path), *_teacher_args(tiny_teacher), "distill.options.apd.adapter_channels=8"]
+    recipe = "configs/synthetic/detection/apd.yaml"
+    procs = launch(2, ["detect", "distill", recipe, *args, "name=ddp", "model.options.box_score_thresh=0.0"])
+    for p in procs:
+        p.wait(timeout=300)
+    errors = [p.stderr.read() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    assert errors[1].strip() == ""
+    run = tmp_path / "runs/ddp"
+    summary = json.loads((run / "summary.json").read_text())
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4, 4] and "apd_kl" in records[0]
+    state = load_training_checkpoint(run / "checkpoints/last.pt")
+    assert len(state["rng"]) == 2 and not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
+    out = tmp_path / "eval.json"
+    ckpt = str(run / "checkpoints/last.pt")
+    eval_args = [*args, "model.options.box_score_thresh=0.0", "--checkpoint", ckpt, "--json", str(out)]
+    assert main(["detect", "eval", recipe, *eval_args]) == 0
+    single = json.loads(out.read_text())
+    assert single["detections"] > 0
+    for key, value in summary["val"].items():
+        if key not in ("train_seconds", "batch_size", "skipped_batches"):
+            assert single[key] == value, key

@@ -94,6 +94,8 @@ def cmd_detect(args: argparse.Namespace, console: Console) -> int:
         return 0
     run = run_detect_train if args.detect_command == "train" else run_detect_distill
     summary = run(config, resume=args.resume, console=console)
+    if not is_main_process():  # under torchrun rank 0 prints the result
+        return 0
     _print_detection_metrics(console, f"{config.name}: COCO metrics on val", summary["val"])
     console.print(
         f"parameters {summary['parameters'] / 1e6:.2f} M, trained in {summary['train_seconds']:.0f} s; "

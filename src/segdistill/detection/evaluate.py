@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..engine.distributed import DistInfo, gather_objects
 from .coco import encode_mask
 
 STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -80,10 +81,15 @@ def evaluate_detector(
     gt_data: dict[str, Any],
     category_ids: list[int],
     device: torch.device | str = "cpu",
+    dist: DistInfo | None = None,
 ) -> dict[str, float]:
     """Run ``model`` (eval mode, restored afterwards) over ``loader`` (``(images, targets)`` batches
     with ``image_id`` in each target) and score it: ``bbox_AP``, ``bbox_AP50``, ... and, for a model
-    with a mask head, ``segm_AP``, ``segm_AP50``, ...; ``detections`` counts the kept detections."""
+    with a mask head, ``segm_AP``, ``segm_AP50``, ...; ``detections`` counts the kept detections.
+
+    Under ``torchrun`` (``dist`` enabled) each rank runs its shard of the split; the detections are
+    gathered and every rank scores all of them, so the metrics are those of one process (COCOeval
+    reads an image's detections in their own order, which the gather keeps)."""
     masks = getattr(getattr(model, "roi_heads", None), "mask_head", None) is not None
     was_training = model.training
     model.eval()
@@ -95,6 +101,7 @@ def evaluate_detector(
             results.extend(detections_to_coco(outputs, ids, category_ids, masks))
     finally:
         model.train(was_training)
+    results = [record for shard in gather_objects(results, dist or DistInfo()) for record in shard]
     metrics: dict[str, float] = {}
     for iou_type in ("bbox", "segm") if masks else ("bbox",):
         stats = coco_stats(gt_data, results, iou_type)

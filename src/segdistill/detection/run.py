@@ -17,8 +17,9 @@ from ..data.datasets import SyntheticDataset
 from ..data.sampling import EpochBatchSampler, SeededSamples
 from ..engine.builders import evaluation_generator, load_weights
 from ..engine.checkpoint import prepare_run_dir, sha256
-from ..engine.distributed import DistInfo
+from ..engine.distributed import DistInfo, broadcast_buffers, init_distributed
 from ..engine.job import Loaders, Process, run_job
+from ..engine.run import sync_batchnorm
 from ..engine.runtime import resolve_device
 from ..engine.trainer import Trainer, poly_schedule, with_warmup
 from ..errors import UserError
@@ -50,6 +51,12 @@ class DetectionTrainer(Trainer):
         targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
         return (images, targets), len(images)
 
+    def finds_unused_parameters(self) -> bool:
+        """No: torchvision's R-CNNs use every trainable parameter in every training step (a head with
+        nothing to learn from in a batch still adds its loss as a zero-weighted sum), and its
+        detection reference wraps them in DDP so."""
+        return False
+
     def prediction_panel(self) -> None:
         """No segmentation panel for detectors (their scalars still go to TensorBoard)."""
         return None
@@ -58,7 +65,8 @@ class DetectionTrainer(Trainer):
         """COCO metrics in float32 whatever ``train.amp`` (torchvision decodes boxes in the regression
         output's dtype: bf16 would round coordinates to whole pixels), as ``detect eval`` does."""
         assert self.val_loader is not None
-        return evaluate_detector(self.model, self.val_loader, self.gt_data, self.category_ids, self.device)
+        broadcast_buffers(self.model, self.dist)  # every rank evaluates rank 0's (the saved) weights
+        return evaluate_detector(self.model, self.val_loader, self.gt_data, self.category_ids, self.device, self.dist)
 
 
 def _resolve(root: Path, path: str) -> Path:
@@ -113,13 +121,18 @@ def num_classes_of(config: DetectionConfig, dataset: CocoDetection) -> int:
     return expected
 
 
-def build_detection_loaders(config: DetectionConfig, train: CocoDetection, val: CocoDetection) -> tuple:
+def build_detection_loaders(
+    config: DetectionConfig, train: CocoDetection, val: CocoDetection, rank: int = 0, world_size: int = 1
+) -> tuple:
+    """Training batches of ``data.batch_size`` per process (this rank's shard of each epoch) and the
+    val split sharded over ranks without padding (rank r reads images r, r + world_size, ...)."""
     data = config.data
-    if len(train) < data.batch_size:
-        raise UserError(f"the train split has {len(train)} images, fewer than data.batch_size={data.batch_size}")
+    if len(train) < data.batch_size * world_size:
+        per = f" x {world_size} processes" if world_size > 1 else ""
+        raise UserError(f"the train split has {len(train)} images, fewer than data.batch_size={data.batch_size}{per}")
     train_loader = DataLoader(
         SeededSamples(train),
-        batch_sampler=EpochBatchSampler(len(train), data.batch_size, config.seed),
+        batch_sampler=EpochBatchSampler(len(train), data.batch_size, config.seed, rank, world_size),
         num_workers=data.workers,
         collate_fn=collate_detection,
         # its own generator: without one, starting an iterator draws from the global RNG, so a run
@@ -129,6 +142,7 @@ def build_detection_loaders(config: DetectionConfig, train: CocoDetection, val: 
     val_loader = DataLoader(  # its own generator too: an evaluation must not draw from the global RNG
         val,
         batch_size=data.batch_size,
+        sampler=list(range(rank, len(val), world_size)),
         num_workers=data.workers,
         collate_fn=collate_detection,
         generator=evaluation_generator(),
@@ -144,11 +158,6 @@ def detector_with_weights(cfg, num_classes: int) -> nn.Module:
     return model
 
 
-def _single_process() -> None:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UserError("segdistill detect runs in one process; torchrun with several processes is not supported yet")
-
-
 class DetectionJob:
     """The detection family of :func:`~segdistill.engine.job.run_job`: COCO-format datasets, a
     torchvision detector from ``config.model``, the poly schedule with warm-up, COCO evaluation.
@@ -159,8 +168,7 @@ class DetectionJob:
         self.num_classes: int | None = None
 
     def start(self) -> tuple[DistInfo, torch.device]:
-        _single_process()
-        return DistInfo(), resolve_device(self.config.train.device)
+        return init_distributed(resolve_device(self.config.train.device), self.config.train.dist_timeout)
 
     def datasets(self, console: Console) -> tuple[CocoDetection, CocoDetection]:
         train, val = build_detection_datasets(self.config, console)
@@ -168,11 +176,14 @@ class DetectionJob:
         return train, val
 
     def loaders(self, train: CocoDetection, val: CocoDetection, info: DistInfo) -> Loaders:
-        return build_detection_loaders(self.config, train, val)
+        return build_detection_loaders(self.config, train, val, info.rank, info.world_size)
 
     def student(self, process: Process) -> nn.Module:
         assert self.num_classes is not None
-        return detector_with_weights(self.config.model, self.num_classes).to(process.device)
+        model = detector_with_weights(self.config.model, self.num_classes)
+        if process.info.enabled and self.config.train.sync_bn:
+            model = sync_batchnorm(model, process.device)  # trainable BatchNorm (model.norm: bn) over all ranks
+        return model.to(process.device)
 
     def trainer(self, task: nn.Module, loaders: Loaders, process: Process) -> DetectionTrainer:
         train, val = self.config.train, loaders[1].dataset
@@ -181,7 +192,15 @@ class DetectionJob:
         )
         gt = {"gt_data": val.data, "category_ids": val.category_ids}
         return DetectionTrainer(
-            self.config, task, *loaders, self.num_classes, process.device, process.console, schedule=schedule, **gt
+            self.config,
+            task,
+            *loaders,
+            self.num_classes,
+            process.device,
+            process.console,
+            dist=process.info,
+            schedule=schedule,
+            **gt,
         )
 
     def summary(self, model: nn.Module, metrics: dict, val: CocoDetection, device: torch.device) -> dict:
@@ -264,8 +283,12 @@ def check_teacher_file(config: DetectionConfig, resume: bool) -> None:
             f"the teacher file {path} changed since this run started ({record}); resume with the same teacher, "
             "or start a new run with another name="
         )
-    prepare_run_dir(config.run_dir)
-    record.write_text(digest + "\n")
+    # under torchrun every rank checks; rank 0 writes, and only a new digest (a rank may be reading it)
+    if int(os.environ.get("RANK", "0")) == 0 and not (record.is_file() and record.read_text().strip() == digest):
+        prepare_run_dir(config.run_dir)
+        tmp = record.with_suffix(".tmp")
+        tmp.write_text(digest + "\n")
+        tmp.replace(record)
 
 
 def run_detect_eval(config: DetectionConfig, checkpoint: str, console: Console | None = None) -> dict:

@@ -20,6 +20,8 @@ from ..engine.task import SupervisedTask
 from ..errors import UserError
 from .apd import DetectionAPDLoss, instance_label_map
 
+RPN_LOSSES = ("loss_objectness", "loss_rpn_box_reg")  # torchvision's RPN terms
+
 
 class DetectionSupervisedTask(SupervisedTask):
     """Plain training: the detector's own losses, summed (torchvision's recipe). The trainer
@@ -33,10 +35,12 @@ class DetectionSupervisedTask(SupervisedTask):
 class DetectionDistiller(nn.Module):
     """A frozen teacher detector, a student detector, and :class:`DetectionAPDLoss` on their FPNs.
 
-    One resize + normalisation (the student's ``transform``) feeds both backbones, so their FPN
-    levels cover the same pixels. The student then runs its RPN and RoI heads as torchvision's
-    ``GeneralizedRCNN.forward`` does (its losses unchanged); the teacher runs its backbone only, in
-    eval mode, without gradients. ``weights``: ``apd`` (every APD term) or ``apd_kl`` / ``apd_align``."""
+    The student runs its own training forward (torchvision's ``GeneralizedRCNN.forward``, its
+    losses unchanged), called as a whole so that a ``DistributedDataParallel`` wrapper around it
+    sees every step; forward hooks on its ``transform`` and ``backbone`` keep the resized batch and
+    the FPN levels. That one resize + normalisation feeds the teacher's backbone too, so both FPNs
+    cover the same pixels; the teacher runs its backbone only, in eval mode, without gradients.
+    ``weights``: ``apd`` (every APD term) or ``apd_kl`` / ``apd_align``."""
 
     def __init__(
         self,
@@ -56,6 +60,16 @@ class DetectionDistiller(nn.Module):
                 raise UserError(f"distill.weights key {key!r} names no detection term ({', '.join(sorted(known))})")
         self.teacher.eval()
         self.teacher.requires_grad_(False)
+        self._seen: dict[str, object] = {}  # what the hooks kept of the student's latest training forward
+        for name in ("transform", "backbone"):
+            getattr(student, name).register_forward_hook(self._keeper(name))
+
+    def _keeper(self, name: str):
+        def keep(module: nn.Module, inputs: tuple, output: object) -> None:
+            if module.training:  # a training forward (an evaluation keeps nothing)
+                self._seen[name] = output
+
+        return keep
 
     def train(self, mode: bool = True) -> DetectionDistiller:
         super().train(mode)
@@ -66,18 +80,19 @@ class DetectionDistiller(nn.Module):
         return float(self.weights.get(term, self.weights.get("apd", 10.0)))
 
     def forward(self, images: list[torch.Tensor], targets: list[dict]) -> StepOutput:
-        student = self.student
-        image_list, resized = student.transform(images, targets)
-        features = student.backbone(image_list.tensors)
-        proposals, rpn_losses = student.rpn(image_list, features, resized)
-        _, roi_losses = student.roi_heads(features, proposals, image_list.image_sizes, resized)
+        self._seen.clear()
+        detector_losses = self.student(images, targets)  # through the DDP wrapper under torchrun
+        image_list, resized = self._seen.pop("transform")
+        features = self._seen.pop("backbone")
         with torch.no_grad():
             teacher_features = self.teacher.backbone(image_list.tensors)
         label_map = instance_label_map(
             resized, image_list.image_sizes, tuple(image_list.tensors.shape[-2:]), self.apd.target
         )
         terms = self.apd(features, teacher_features, label_map)
-        losses = {**rpn_losses, **roi_losses}
+        # the RPN's terms first, then the RoI heads' (the order of the sum, kept from earlier releases)
+        losses = {k: detector_losses[k] for k in RPN_LOSSES}
+        losses.update((k, v) for k, v in detector_losses.items() if k not in RPN_LOSSES)
         for name in ("apd_kl", "apd_align"):
             losses[name] = self._weight(name) * terms[name]
         return StepOutput(

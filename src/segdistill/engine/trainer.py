@@ -167,11 +167,14 @@ class Trainer:
         self._clips = bool(getattr(self.task, "clips_gradients", False))
         if self.dist.enabled:
             ids = [device.index] if device.type == "cuda" else None
-            # A model from another library may compute outputs its loss does not read (transformers'
-            # UperNet auxiliary head, smp's classification head): DDP must then look for parameters
-            # without gradients (one graph traversal per step). Ours use every parameter.
-            unused = not isinstance(self.model, Segmentor)
+            unused = self.finds_unused_parameters()
             self.task.student = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=unused)
+
+    def finds_unused_parameters(self) -> bool:
+        """Whether DDP must look for student parameters without a gradient in a step (one graph
+        traversal per step). A model from another library may compute outputs its loss does not read
+        (transformers' UperNet auxiliary head, smp's classification head); ours use every parameter."""
+        return not isinstance(self.model, Segmentor)
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:
