@@ -247,7 +247,13 @@ def test_coco_metrics_known_answers(coco_data):
         {**m, "bbox": [b["bbox"][0], b["bbox"][1], 2 * b["bbox"][2], 2 * b["bbox"][3]]} for m, b in zip(segm, perfect)
     ]
     assert coco_stats(gt, both, "segm")["AP"] == pytest.approx(1.0)
-    assert coco_stats(gt, [], "bbox")["AP"] == 0.0
+    # no detections: 0 where a size range has ground truth, -1 (COCO's "no ground truth") where none
+    areas = [a["area"] for a in things]
+    has = {"APs": min(areas) <= 32**2, "APm": any(32**2 <= x <= 96**2 for x in areas), "APl": max(areas) >= 96**2}
+    assert not all(has.values())  # the tiny scenes have no large object: the -1 case is exercised
+    for iou_type in ("bbox", "segm"):
+        empty = coco_stats(gt, [], iou_type)
+        assert empty == {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, **{k: 0.0 if v else -1.0 for k, v in has.items()}}
     shifted = [{**r, "bbox": [r["bbox"][0] + 2 * r["bbox"][2] + 5, *r["bbox"][1:]]} for r in perfect]
     assert coco_stats(gt, shifted, "bbox")["AP50"] == pytest.approx(0.0)
 

@@ -55,18 +55,19 @@ def detections_to_coco(
 
 def coco_stats(gt_data: dict[str, Any], results: list[dict[str, Any]], iou_type: str) -> dict[str, float]:
     """``COCOeval`` of ``results`` against ``gt_data`` -> ``{AP, AP50, AP75, APs, APm, APl}`` in [0, 1]
-    (-1 where COCO has no ground truth for a size range). No detections at all scores 0 throughout."""
+    (-1 where COCO has no ground truth for a size range). No detections at all scores 0 where there
+    is ground truth (and -1 where there is none), as COCOeval scores an empty result set."""
     from pycocotools.cocoeval import COCOeval
 
-    if not results:
-        return {name: 0.0 for name in STATS}
-    # loadRes edits the records in place and, when a record has a bbox, takes the object's area from
-    # the box: mask AP by size must use mask areas, so the segm records go without their boxes
-    keep = ("image_id", "category_id", "score", "segmentation" if iou_type == "segm" else "bbox")
-    records = [{k: r[k] for k in keep} for r in results]
     gt = coco_ground_truth(gt_data)
     with contextlib.redirect_stdout(io.StringIO()):
-        dt = gt.loadRes(records)
+        if results:
+            # loadRes edits the records in place and, when a record has a bbox, takes the object's area
+            # from the box: mask AP by size must use mask areas, so the segm records go without boxes
+            keep = ("image_id", "category_id", "score", "segmentation" if iou_type == "segm" else "bbox")
+            dt = gt.loadRes([{k: r[k] for k in keep} for r in results])
+        else:  # loadRes refuses an empty list
+            dt = coco_ground_truth({**gt_data, "annotations": []})
         evaluator = COCOeval(gt, dt, iou_type)
         evaluator.evaluate()
         evaluator.accumulate()
