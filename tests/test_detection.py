@@ -15,7 +15,7 @@ from segdistill.cli import main
 from segdistill.detection.apd import DetectionAPDLoss, instance_label_map, pair_levels
 from segdistill.detection.coco import CATEGORIES, cityscapes_to_coco, decode_mask, write_coco
 from segdistill.detection.dataset import CocoDetection, collate_detection
-from segdistill.detection.evaluate import coco_stats
+from segdistill.detection.evaluate import coco_stats, describe
 from segdistill.detection.models import build_detector, fpn_shapes
 from segdistill.detection.task import DetectionDistiller
 from segdistill.engine.checkpoint import load_training_checkpoint
@@ -256,6 +256,8 @@ def test_coco_metrics_known_answers(coco_data):
         assert empty == {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, **{k: 0.0 if v else -1.0 for k, v in has.items()}}
     shifted = [{**r, "bbox": [r["bbox"][0] + 2 * r["bbox"][2] + 5, *r["bbox"][1:]]} for r in perfect]
     assert coco_stats(gt, shifted, "bbox")["AP50"] == pytest.approx(0.0)
+    no_truth = {"bbox_AP": -1.0, "bbox_AP50": -1.0, "bbox_AP75": 0.5}  # a split without ground truth
+    assert describe(no_truth) == "box AP -  AP50 -  AP75 50.00"
 
 
 def test_two_iteration_apd_distillation_trains_only_the_student(coco_data):
@@ -359,6 +361,16 @@ def test_detect_cli_trains_distills_evaluates_and_resumes_exactly(
     assert "changed since this run started" in capsys.readouterr().err
 
 
+def test_detect_eval_refuses_torchrun(coco_data, tmp_path, monkeypatch, capsys):
+    """`detect eval` is one process: under torchrun's environment it stops with one line, before
+    every rank evaluates the whole split and writes the same --json file."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = [*_detect_args(coco_data, tmp_path), "--checkpoint", "x.pt"]
+    assert main(["detect", "eval", "configs/synthetic/detection/student.yaml", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: segdistill detect eval runs in one process: run it without torchrun"
+
+
 def test_detect_cli_user_errors(coco_data, tmp_path, capsys):
     args = _detect_args(coco_data, tmp_path)
     recipe = "configs/synthetic/detection/student.yaml"
@@ -460,12 +472,20 @@ def test_sharded_evaluation_scores_like_one_process(coco_data, monkeypatch):
     whole = evaluate_module.evaluate_detector(oracle, build_detection_loaders(config, train, val)[1], gt, ids)
     assert 0.2 < whole["bbox_AP"] < 0.99 and whole["detections"] > len(val)
 
+    config.data.batch_size = 1  # 4 val images: 2 batches per rank
+    one = list(build_detection_loaders(config, train, val)[1].batch_sampler)
     shards = [build_detection_loaders(config, train, val, rank, 2)[1] for rank in (0, 1)]
-    assert sorted(i for s in shards for i in s.sampler) == list(range(len(val)))  # each image once
+    # whole batches of the one-process evaluation (padding makes an image's company matter), each once
+    assert sorted(b for s in shards for b in s.batch_sampler) == sorted(one) and len(one) == len(val)
     kept = {}
-    monkeypatch.setattr(evaluate_module, "gather_objects", lambda obj, info: kept.setdefault("rank1", [obj]))
-    evaluate_module.evaluate_detector(oracle, shards[1], gt, ids, dist=DistInfo(1, 2))
-    monkeypatch.setattr(evaluate_module, "gather_objects", lambda obj, info: [obj, *kept["rank1"]])
+    monkeypatch.setattr(evaluate_module, "broadcast_from_main", lambda obj, info: obj)
+
+    def rank1_sends(obj: list, info: DistInfo) -> None:  # what gather_to_main does on rank 1
+        kept["rank1"] = obj
+
+    monkeypatch.setattr(evaluate_module, "gather_to_main", rank1_sends)
+    assert evaluate_module.evaluate_detector(oracle, shards[1], gt, ids, dist=DistInfo(1, 2)) is None
+    monkeypatch.setattr(evaluate_module, "gather_to_main", lambda obj, info: [obj, kept["rank1"]])
     sharded = evaluate_module.evaluate_detector(oracle, shards[0], gt, ids, dist=DistInfo(0, 2))
     assert sharded == whole
 

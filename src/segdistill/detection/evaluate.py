@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..engine.distributed import DistInfo, gather_objects
+from ..engine.distributed import DistInfo, broadcast_from_main, gather_to_main
 from .coco import encode_mask
 
 STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -88,9 +88,11 @@ def evaluate_detector(
     with ``image_id`` in each target) and score it: ``bbox_AP``, ``bbox_AP50``, ... and, for a model
     with a mask head, ``segm_AP``, ``segm_AP50``, ...; ``detections`` counts the kept detections.
 
-    Under ``torchrun`` (``dist`` enabled) each rank runs its shard of the split; the detections are
-    gathered and every rank scores all of them, so the metrics are those of one process (COCOeval
-    reads an image's detections in their own order, which the gather keeps)."""
+    Under ``torchrun`` (``dist`` enabled) each rank runs its shard of the split (whole batches of the
+    one-process evaluation: torchvision pads a batch to its largest image, so batch composition
+    matters); rank 0 gathers the detections, scores them and sends every rank the metrics, which
+    are those of one process (COCOeval reads an image's detections in their own order, which the
+    gather keeps)."""
     masks = getattr(getattr(model, "roi_heads", None), "mask_head", None) is not None
     was_training = model.training
     model.eval()
@@ -102,20 +104,27 @@ def evaluate_detector(
             results.extend(detections_to_coco(outputs, ids, category_ids, masks))
     finally:
         model.train(was_training)
-    results = [record for shard in gather_objects(results, dist or DistInfo()) for record in shard]
-    metrics: dict[str, float] = {}
-    for iou_type in ("bbox", "segm") if masks else ("bbox",):
-        stats = coco_stats(gt_data, results, iou_type)
-        metrics.update({f"{iou_type}_{name}": value for name, value in stats.items()})
-    metrics["detections"] = float(len(results))
-    metrics["images"] = float(len(gt_data["images"]))
-    return metrics
+    info = dist or DistInfo()
+    shards = gather_to_main(results, info)
+    metrics: dict[str, float] | None = None
+    if shards is not None:  # rank 0 (or the one process)
+        merged = [record for shard in shards for record in shard]
+        metrics = {}
+        for iou_type in ("bbox", "segm") if masks else ("bbox",):
+            stats = coco_stats(gt_data, merged, iou_type)
+            metrics.update({f"{iou_type}_{name}": value for name, value in stats.items()})
+        metrics["detections"] = float(len(merged))
+        metrics["images"] = float(len(gt_data["images"]))
+    return broadcast_from_main(metrics, info)
 
 
 def describe(metrics: dict) -> str:
-    """One line: box AP / AP50 / AP75 (and mask AP), in percent."""
-    text = f"box AP {100 * metrics['bbox_AP']:.2f}  AP50 {100 * metrics['bbox_AP50']:.2f}"
-    text += f"  AP75 {100 * metrics['bbox_AP75']:.2f}"
+    """One line: box AP / AP50 / AP75 (and mask AP), in percent ("-" where COCO found no ground truth)."""
+
+    def pct(key: str) -> str:
+        return "-" if metrics[key] < 0 else f"{100 * metrics[key]:.2f}"
+
+    text = f"box AP {pct('bbox_AP')}  AP50 {pct('bbox_AP50')}  AP75 {pct('bbox_AP75')}"
     if "segm_AP" in metrics:
-        text += f"  mask AP {100 * metrics['segm_AP']:.2f}  AP50 {100 * metrics['segm_AP50']:.2f}"
+        text += f"  mask AP {pct('segm_AP')}  AP50 {pct('segm_AP50')}"
     return text

@@ -52,9 +52,10 @@ class DetectionTrainer(Trainer):
         return (images, targets), len(images)
 
     def finds_unused_parameters(self) -> bool:
-        """No: torchvision's R-CNNs use every trainable parameter in every training step (a head with
-        nothing to learn from in a batch still adds its loss as a zero-weighted sum), and its
-        detection reference wraps them in DDP so."""
+        """No: torchvision's R-CNNs give every trainable parameter a gradient in every training step,
+        even from a batch without boxes or positive proposals (the RPN and box losses index empty
+        selections, the mask loss adds ``logits.sum() * 0``); checked for Faster and Mask R-CNN with
+        ResNet and MobileNetV3 backbones."""
         return False
 
     def prediction_panel(self) -> None:
@@ -125,7 +126,7 @@ def build_detection_loaders(
     config: DetectionConfig, train: CocoDetection, val: CocoDetection, rank: int = 0, world_size: int = 1
 ) -> tuple:
     """Training batches of ``data.batch_size`` per process (this rank's shard of each epoch) and the
-    val split sharded over ranks without padding (rank r reads images r, r + world_size, ...)."""
+    val split sharded over ranks by whole batches (:func:`val_batches`)."""
     data = config.data
     if len(train) < data.batch_size * world_size:
         per = f" x {world_size} processes" if world_size > 1 else ""
@@ -141,13 +142,20 @@ def build_detection_loaders(
     )
     val_loader = DataLoader(  # its own generator too: an evaluation must not draw from the global RNG
         val,
-        batch_size=data.batch_size,
-        sampler=list(range(rank, len(val), world_size)),
+        batch_sampler=val_batches(len(val), data.batch_size, rank, world_size),
         num_workers=data.workers,
         collate_fn=collate_detection,
         generator=evaluation_generator(),
     )
     return train_loader, val_loader
+
+
+def val_batches(size: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:
+    """The one-process evaluation's batches (images 0..B-1, B..2B-1, ..., the last one partial),
+    rank r taking batches r, r + world_size, ...: every image once, and each in the batch it has in
+    one process (torchvision pads a batch to its largest image, so its company changes its scores)."""
+    batches = [list(range(start, min(start + batch_size, size))) for start in range(0, size, batch_size)]
+    return batches[rank::world_size]
 
 
 def detector_with_weights(cfg, num_classes: int) -> nn.Module:
@@ -284,7 +292,7 @@ def check_teacher_file(config: DetectionConfig, resume: bool) -> None:
             "or start a new run with another name="
         )
     # under torchrun every rank checks; rank 0 writes, and only a new digest (a rank may be reading it)
-    if int(os.environ.get("RANK", "0")) == 0 and not (record.is_file() and record.read_text().strip() == digest):
+    if os.environ.get("RANK", "0") == "0" and not (record.is_file() and record.read_text().strip() == digest):
         prepare_run_dir(config.run_dir)
         tmp = record.with_suffix(".tmp")
         tmp.write_text(digest + "\n")
@@ -292,7 +300,9 @@ def check_teacher_file(config: DetectionConfig, resume: bool) -> None:
 
 
 def run_detect_eval(config: DetectionConfig, checkpoint: str, console: Console | None = None) -> dict:
-    """COCO metrics of ``checkpoint`` on the val split."""
+    """COCO metrics of ``checkpoint`` on the val split (one process)."""
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        raise UserError("segdistill detect eval runs in one process: run it without torchrun")
     console = console or Console(stderr=True)
     device = resolve_device(config.train.device)
     if config.data.dataset == "synthetic":
@@ -305,7 +315,7 @@ def run_detect_eval(config: DetectionConfig, checkpoint: str, console: Console |
     model.to(device)
     loader = DataLoader(
         val,
-        batch_size=config.data.batch_size,
+        batch_sampler=val_batches(len(val), config.data.batch_size),
         num_workers=config.data.workers,
         collate_fn=collate_detection,
         generator=evaluation_generator(),

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ..base.step import OwnStep, StepOutput, distillation_param_groups
 from ..engine.task import SupervisedTask
@@ -60,16 +61,6 @@ class DetectionDistiller(nn.Module):
                 raise UserError(f"distill.weights key {key!r} names no detection term ({', '.join(sorted(known))})")
         self.teacher.eval()
         self.teacher.requires_grad_(False)
-        self._seen: dict[str, object] = {}  # what the hooks kept of the student's latest training forward
-        for name in ("transform", "backbone"):
-            getattr(student, name).register_forward_hook(self._keeper(name))
-
-    def _keeper(self, name: str):
-        def keep(module: nn.Module, inputs: tuple, output: object) -> None:
-            if module.training:  # a training forward (an evaluation keeps nothing)
-                self._seen[name] = output
-
-        return keep
 
     def train(self, mode: bool = True) -> DetectionDistiller:
         super().train(mode)
@@ -80,10 +71,9 @@ class DetectionDistiller(nn.Module):
         return float(self.weights.get(term, self.weights.get("apd", 10.0)))
 
     def forward(self, images: list[torch.Tensor], targets: list[dict]) -> StepOutput:
-        self._seen.clear()
-        detector_losses = self.student(images, targets)  # through the DDP wrapper under torchrun
-        image_list, resized = self._seen.pop("transform")
-        features = self._seen.pop("backbone")
+        detector_losses, seen = self._student_forward(images, targets)
+        image_list, resized = seen["transform"]
+        features = seen["backbone"]
         with torch.no_grad():
             teacher_features = self.teacher.backbone(image_list.tensors)
         label_map = instance_label_map(
@@ -98,6 +88,25 @@ class DetectionDistiller(nn.Module):
         return StepOutput(
             total=sum(losses.values()), losses=losses, own_losses={"apd_teacher_ce": terms["apd_teacher_ce"]}
         )
+
+    def _student_forward(self, images: list[torch.Tensor], targets: list[dict]) -> tuple[dict, dict]:
+        """The student's training losses (through the DDP wrapper under torchrun) and what its
+        ``transform`` (the resized ``ImageList`` and targets) and ``backbone`` (the FPN levels)
+        returned during that call, kept by forward hooks that live for this call only."""
+        detector = self.student.module if isinstance(self.student, DistributedDataParallel) else self.student
+        seen: dict[str, object] = {}
+        handles = [
+            getattr(detector, name).register_forward_hook(
+                lambda module, inputs, output, name=name: seen.__setitem__(name, output)
+            )
+            for name in ("transform", "backbone")
+        ]
+        try:
+            losses = self.student(images, targets)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return losses, seen
 
     # ---------------------------------------------------------------- trainer interface
     def own_steps(self) -> list[OwnStep]:

@@ -131,6 +131,24 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     return out
 
 
+def gather_to_main(obj: Any, info: DistInfo) -> list[Any] | None:
+    """``[obj of rank 0, obj of rank 1, ...]`` on rank 0, ``None`` on the others."""
+    if not info.enabled:
+        return [obj]
+    out: list[Any] | None = [None] * info.world_size if info.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def broadcast_from_main(obj: Any, info: DistInfo) -> Any:
+    """Rank 0's ``obj`` on every rank (the others pass anything, e.g. ``None``)."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
     """Give every rank rank 0's buffers (BatchNorm running statistics drift apart between DDP's
     per-forward broadcasts: each rank's last forward updates its own)."""
