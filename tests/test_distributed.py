@@ -136,6 +136,46 @@ def test_a_killed_two_process_run_resumes_exactly(tiny_overrides, tmp_path):
     assert records("reference") == records("killed")
 
 
+@pytest.mark.slow
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_saved_step(tiny_overrides, tmp_path):
+    """SIGTERM to rank 1 only: the ranks agree (in the per-step all-reduce) to stop after the same
+    step, save one checkpoint there together and exit with 143; resumed on 2 processes, the run ends
+    bitwise equal to one never stopped."""
+    common = overrides(
+        tiny_overrides, data__batch_size=2, train__iters=30, train__log_interval=1, train__checkpoint_interval=0
+    )
+
+    def run(name: str, *extra: str) -> list[subprocess.Popen]:
+        return launch(2, ["train", "configs/synthetic/student.yaml", *common, f"name={name}", *extra])
+
+    for p in run("reference"):
+        assert p.wait(timeout=300) == 0
+    procs = run("stopped")
+    log = tmp_path / "runs/stopped/metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and len(log.read_text().splitlines()) >= 3) and time.monotonic() < deadline:
+        assert all(p.poll() is None for p in procs), [p.stderr.read() for p in procs]
+        time.sleep(0.01)
+    os.kill(procs[1].pid, signal.SIGTERM)
+    assert [p.wait(timeout=120) for p in procs] == [143, 143], [p.stderr.read() for p in procs]
+    last = procs[0].stderr.read().strip().splitlines()[-1]
+    step = int(last.split(" at step ")[1].split()[0])
+    assert last.startswith("stopped: SIGTERM at step") and 3 <= step < 30, last
+    state = torch.load(tmp_path / "runs/stopped/checkpoints/last.pt", weights_only=True)
+    assert state["step"] == step and len(state["rng"]) == 2
+    resumed = run("stopped", "--resume")
+    assert [p.wait(timeout=300) for p in resumed] == [0, 0], [p.stderr.read() for p in resumed]
+    a = torch.load(tmp_path / "runs/reference/checkpoints/last.pt", weights_only=True)
+    b = torch.load(tmp_path / "runs/stopped/checkpoints/last.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+    def records(name: str) -> list[dict]:
+        lines = (tmp_path / f"runs/{name}/metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(x).items() if k != "images_per_s"} for x in lines]
+
+    assert records("reference") == records("stopped")
+
+
 def fully_labelled_copy(data: Path, root: Path) -> Path:
     """A copy of the generated dataset ``data`` at ``root`` whose void label ids became road: no ignored
     pixel, so every process of a multi-process run has as many labelled pixels and per-process loss

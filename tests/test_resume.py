@@ -144,6 +144,56 @@ def test_killed_and_resumed_runs_end_bitwise_equal(tiny_overrides, teacher_check
     assert {k: v for k, v in sa.items() if k not in TIMING} == {k: v for k, v in sb.items() if k not in TIMING}
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 1])
+def test_sigterm_saves_the_step_reached_and_resumes_exactly(tiny_overrides, tmp_path, workers):
+    """SIGTERM to the whole process group (as a scheduler sends it; with a DataLoader worker too):
+    the run finishes its step, saves a checkpoint at it (there is no interval checkpoint here) and
+    exits with 143 and one line; resumed, it ends bitwise equal to a run never stopped."""
+    common = [
+        *[o for o in tiny_overrides if not o.startswith(("train.iters", "train.log_interval"))],
+        "train.iters=40",
+        "train.log_interval=1",
+        "train.checkpoint_interval=0",
+        f"data.workers={workers}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path("src").resolve())}
+
+    def command(name: str) -> list[str]:
+        return [sys.executable, "-m", "segdistill", "train", "configs/synthetic/student.yaml", *common, f"name={name}"]
+
+    subprocess.run(command("reference"), env=env, check=True, capture_output=True)
+    stopped = tmp_path / "runs/stopped"
+    proc = subprocess.Popen(
+        command("stopped"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while logged_steps(stopped) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before the signal"
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    last = proc.stderr.read().strip().splitlines()[-1]
+    found = re.fullmatch(r"stopped: SIGTERM at step (\d+) of 40; checkpoint saved in (.+); run the same .*", last)
+    assert found, last
+    step = int(found.group(1))
+    assert 3 <= step < 40 and found.group(2) == str(stopped / "checkpoints/last.pt")
+    assert load_training_checkpoint(stopped / "checkpoints/last.pt")["step"] == step
+    resumed = subprocess.run([*command("stopped"), "--resume"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"at step {step}" in resumed.stderr
+    a = load_training_checkpoint(tmp_path / "runs/reference/checkpoints/last.pt")
+    b = load_training_checkpoint(stopped / "checkpoints/last.pt")
+    for key in ("model", "optimizer", "step", "epoch", "batch_in_epoch", "rng"):
+        assert_same_state(a[key], b[key], key)
+    assert records(tmp_path / "runs/reference") == records(stopped)
+
+
 def test_batches_do_not_depend_on_workers_and_resume_mid_epoch(tiny_data):
     """The sampler's batches and every sample's augmentation are functions of (seed, epoch, position):
     the same with 0 and 2 workers, and a start offset gives the tail of the epoch without loading the head."""

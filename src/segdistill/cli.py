@@ -14,7 +14,7 @@ from rich.table import Table
 
 from .base.method_options import BENCH_METHODS
 from .base.schema import fields_of
-from .errors import UserError
+from .errors import TrainingStopped, UserError
 
 RESUME_HELP = "continue from the newest intact checkpoint in runs/<name>/checkpoints (start if there is none)"
 
@@ -518,6 +518,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {user_message(exc)}", file=sys.stderr)
         return 2
+    except TrainingStopped as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

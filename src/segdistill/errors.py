@@ -21,3 +21,10 @@ class LossNotFinite(UserError):
         super().__init__(message)
         self.step = step
         self.terms = list(terms)
+
+
+class TrainingStopped(Exception):
+    """Training stopped on SIGTERM (a scheduler's pre-emption or time limit, ``kill``, ``torchrun``
+    shutting down) after saving a checkpoint at the step it had reached; ``--resume`` continues
+    exactly. The CLI prints one line and exits with status 143 (128 + SIGTERM), as a process ended
+    by that signal does."""

@@ -21,6 +21,7 @@ from ..engine.distributed import DistInfo, broadcast_buffers, init_distributed
 from ..engine.job import Loaders, Process, run_job
 from ..engine.run import sync_batchnorm
 from ..engine.runtime import resolve_device
+from ..engine.stopping import worker_ignores_stop_signal
 from ..engine.trainer import Trainer, poly_schedule, with_warmup
 from ..errors import UserError
 from ..models import count_parameters
@@ -136,6 +137,7 @@ def build_detection_loaders(
         batch_sampler=EpochBatchSampler(len(train), data.batch_size, config.seed, rank, world_size),
         num_workers=data.workers,
         collate_fn=collate_detection,
+        worker_init_fn=worker_ignores_stop_signal,  # a SIGTERM lets the step finish and be saved
         # its own generator: without one, starting an iterator draws from the global RNG, so a run
         # resumed mid-epoch would diverge from an uninterrupted one (RPN/RoI sampling uses that RNG)
         generator=torch.Generator().manual_seed(config.seed),
@@ -145,6 +147,7 @@ def build_detection_loaders(
         batch_sampler=val_batches(len(val), data.batch_size, rank, world_size),
         num_workers=data.workers,
         collate_fn=collate_detection,
+        worker_init_fn=worker_ignores_stop_signal,
         generator=evaluation_generator(),
     )
     return train_loader, val_loader

@@ -17,7 +17,7 @@ from ..base.schema import fields_of
 from ..config import Config, DataConfig, ModelConfig
 from ..data.datasets import build_dataset, class_names, prepare_dataset
 from ..data.sampling import EpochBatchSampler, SeededSamples
-from ..data.transforms import seed_worker, train_transform
+from ..data.transforms import train_transform
 from ..errors import UserError
 from ..models import build_segmentor
 from ..models.input_norm import renormalise_input
@@ -25,6 +25,7 @@ from ..models.sources import build_hf, build_python, build_smp, build_torchvisio
 from ..models.zoo import ARCH_KEYS, ZOOS, convert_checkpoint, converted_section, resolved_widths
 from .checkpoint import load_model_weights, load_weights_file
 from .evaluator import collate_eval
+from .stopping import seeded_worker_ignores_stop_signal, worker_ignores_stop_signal
 
 
 def build_datasets(config: Config, console: Console | None = None) -> tuple[Dataset, Dataset]:
@@ -65,7 +66,7 @@ def build_loaders(
         SeededSamples(train),
         batch_sampler=EpochBatchSampler(len(train), data.batch_size, config.seed, rank, world_size),
         num_workers=data.workers,
-        worker_init_fn=seed_worker,
+        worker_init_fn=seeded_worker_ignores_stop_signal,
         generator=generator,
         persistent_workers=keep_workers(data),
     )
@@ -76,6 +77,7 @@ def build_loaders(
         sampler=val_indices,
         num_workers=data.workers,
         collate_fn=collate_eval,
+        worker_init_fn=worker_ignores_stop_signal,
         generator=evaluation_generator(),
         persistent_workers=keep_workers(data),
     )

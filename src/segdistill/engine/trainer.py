@@ -17,19 +17,21 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..config import Config, TrainConfig, config_to_dict, with_current_defaults
-from ..errors import LossNotFinite, UserError
+from ..errors import LossNotFinite, TrainingStopped, UserError
 from ..models import Segmentor
 from .checkpoint import load_latest_checkpoint, prepare_run_dir, save_training_checkpoint
 from .distributed import (
     DistInfo,
     all_reduce_mean_,
     any_rank,
+    any_rank_each,
     average_gradients,
     broadcast_buffers,
     gather_objects,
 )
 from .evaluator import evaluate, protocol
 from .runtime import autocast_context, rng_state, set_rng_state
+from .stopping import StopSignal
 from .task import OwnStep, StepOutput, Task, optimizer_steps, own_step_is_active
 from .tensorboard import TensorBoardLog, prediction_panel, tensorboard_installed
 
@@ -155,6 +157,7 @@ class Trainer:
         self._start: float | None = None  # perf_counter() when this process started training
         self.window: dict = {"totals": {}, "steps": 0, "images": 0}  # the log window being summed
         self.tensorboard: TensorBoardLog | None = None  # open while fit() runs
+        self._stop_signal: StopSignal | None = None  # installed while fit() runs
         self.autocast = lambda: autocast_context(device, cfg.amp)
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
         if cfg.channels_last:
@@ -357,13 +360,20 @@ class Trainer:
             group["lr"] = lr * group.get("lr_mult", 1.0)
         return lr
 
-    def _nonfinite_terms(self, out: StepOutput) -> list[str]:
-        """Names of the non-finite loss terms (``[]`` when all are finite): one device sync per step."""
+    def _check_step(self, out: StepOutput) -> tuple[list[str], bool]:
+        """Names of the non-finite loss terms (``[]`` when all are finite), and whether any rank was
+        asked to stop (SIGTERM): one device sync and, under torchrun, one all-reduce per step, so
+        that every rank skips, stops or saves at the same step."""
         terms = {**out.losses, **out.own_losses}
         values = [out.total, *terms.values()]
         flags = torch.stack([torch.isfinite(v.detach().float()) for v in values])
-        if not any_rank(not bool(flags.all()), self.dist, self.device):
-            return []
+        stop_requested = self._stop_signal is not None and self._stop_signal.requested
+        nonfinite, stop = any_rank_each([not bool(flags.all()), stop_requested], self.dist, self.device)
+        return (self._nonfinite_names(flags, terms) if nonfinite else []), stop
+
+    def _nonfinite_names(self, flags: torch.Tensor, terms: dict) -> list[str]:
+        """The terms whose ``flags`` (total first, then ``terms``) are False; a placeholder when
+        only another rank's loss was not finite."""
         if bool(flags.all()):
             return [f"on another rank than {self.dist.rank}"]
         bad = [name for name, ok in zip(terms, flags[1:].tolist()) if not ok]
@@ -410,8 +420,10 @@ class Trainer:
             shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)  # a fresh run's curves start afresh
         self.tensorboard = self._open_tensorboard(purge_step=self.step + 1 if resumed else None)
         try:
-            return self._fit()
+            with StopSignal() as self._stop_signal:
+                return self._fit()
         finally:
+            self._stop_signal = None
             if self.tensorboard is not None:
                 self.tensorboard.close()
                 self.tensorboard = None
@@ -443,7 +455,7 @@ class Trainer:
                 lr = self._set_lr()
                 with self.autocast():
                     out = self.task(*inputs)
-                bad = self._nonfinite_terms(out)
+                bad, stop = self._check_step(out)
                 if bad:
                     self._on_nonfinite(bad)  # raises unless the batch is skipped
                 else:
@@ -460,11 +472,21 @@ class Trainer:
                     window_start = time.perf_counter()
                 progress.update(bar, completed=self.step)
                 evaluate_now = self.step == cfg.iters or (cfg.eval_interval and self.step % cfg.eval_interval == 0)
+                saved = True
                 if evaluate_now:
                     last_metrics = self._evaluate_and_save()
                     window_start = time.perf_counter()
                 elif cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0:
                     self._save()
+                else:
+                    saved = False
+                if stop and self.step < cfg.iters:
+                    if not saved:
+                        self._save()
+                    raise TrainingStopped(
+                        f"SIGTERM at step {self.step} of {cfg.iters}; checkpoint saved in "
+                        f"{self.ckpt_dir / 'last.pt'}; run the same command with --resume to continue"
+                    )
         if not last_metrics and self.val_loader is not None:  # resumed a finished run: evaluate again
             last_metrics = self.evaluate()
         last_metrics["train_seconds"] = self.trained_seconds + time.perf_counter() - self._start
