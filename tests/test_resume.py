@@ -21,7 +21,7 @@ from segdistill.engine.checkpoint import (
     save_training_checkpoint,
     state_digest,
 )
-from segdistill.errors import UserError
+from segdistill.errors import TrainingStopped, UserError
 
 TIMING = {"images_per_s", "train_seconds", "seconds"}
 
@@ -179,7 +179,11 @@ def test_sigterm_saves_the_step_reached_and_resumes_exactly(tiny_overrides, tmp_
     os.killpg(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=120) == 143
     last = proc.stderr.read().strip().splitlines()[-1]
-    found = re.fullmatch(r"stopped: SIGTERM at step (\d+) of 40; checkpoint saved in (.+); run the same .*", last)
+    found = re.fullmatch(
+        r"stopped: SIGTERM at step (\d+) of 40; checkpoint saved in (.+); "
+        r"run the same command with --resume to continue",
+        last,
+    )
     assert found, last
     step = int(found.group(1))
     assert 3 <= step < 40 and found.group(2) == str(stopped / "checkpoints/last.pt")
@@ -192,6 +196,64 @@ def test_sigterm_saves_the_step_reached_and_resumes_exactly(tiny_overrides, tmp_
     for key in ("model", "optimizer", "step", "epoch", "batch_in_epoch", "rng"):
         assert_same_state(a[key], b[key], key)
     assert records(tmp_path / "runs/reference") == records(stopped)
+
+
+def test_a_sigterm_too_late_for_its_run_stops_the_next_one():
+    """A SIGTERM after a run's last step (bench goes on to its next run) is not lost: the next
+    StopSignal of the process starts requested. One that ended in an exception passes nothing on."""
+    from segdistill.engine.stopping import StopSignal
+
+    with StopSignal() as first:
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while not first.requested and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert first.requested
+    with pytest.raises(TrainingStopped), StopSignal() as second:
+        assert second.requested
+        raise TrainingStopped("SIGTERM at step 1 of 10")  # what the trainer does with it
+    with pytest.raises(RuntimeError), StopSignal() as third:
+        assert not third.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        raise RuntimeError("the run failed")
+    with StopSignal() as fourth:
+        assert not fourth.requested
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is restored
+
+
+def test_how_to_continue_names_what_each_command_offers():
+    from segdistill.cli import build_parser, how_to_continue
+
+    parser = build_parser()
+    assert how_to_continue(parser.parse_args(["train", "c.yaml"])).endswith("with --resume to continue")
+    assert "bench reuses the finished runs" in how_to_continue(parser.parse_args(["bench", "c.yaml"]))
+    assert how_to_continue(parser.parse_args(["quickstart"])).endswith("(it starts over)")
+
+
+@pytest.mark.slow
+def test_a_crash_with_dataloader_workers_alive_exits_promptly(tmp_path):
+    """Workers ignore SIGTERM; multiprocessing's exit handler SIGTERMs and joins its children without
+    a time limit, so an uncaught exception that keeps a loader's iterator alive would hang the exit.
+    segdistill SIGKILLs them first: the process exits with the exception's status within seconds."""
+    script = tmp_path / "crash.py"
+    script.write_text(
+        "from torch.utils.data import DataLoader\n"
+        "from segdistill.engine.stopping import worker_ignores_stop_signal\n"
+        "def batches(loader):\n"
+        "    while True:\n"
+        "        yield from loader\n"
+        "loader = DataLoader(list(range(8)), batch_size=2, num_workers=1, persistent_workers=True,\n"
+        "                    worker_init_fn=worker_ignores_stop_signal)\n"
+        "it = batches(loader)\n"
+        "next(it)\n"
+        "raise RuntimeError('out of memory (simulated)')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path("src").resolve())}
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "out of memory (simulated)" in done.stderr
+    assert time.monotonic() - start < 30
 
 
 def test_batches_do_not_depend_on_workers_and_resume_mid_epoch(tiny_data):

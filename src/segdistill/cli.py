@@ -503,6 +503,15 @@ def user_message(exc: UserError) -> str:
     return lines[0]
 
 
+def how_to_continue(args: argparse.Namespace) -> str:
+    """What a user runs after a SIGTERM stopped this command's training."""
+    if hasattr(args, "resume"):
+        return "run the same command with --resume to continue"
+    if args.func is cmd_bench:
+        return "run the same command again: bench reuses the finished runs and resumes this one"
+    return "run the same command again (it starts over)"
+
+
 def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     parser = build_parser()
@@ -519,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {user_message(exc)}", file=sys.stderr)
         return 2
     except TrainingStopped as exc:
-        print(f"stopped: {exc}", file=sys.stderr)
+        print(f"stopped: {exc}; {how_to_continue(args)}", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -122,15 +122,6 @@ def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
-def any_rank_each(flags: list[bool], info: DistInfo, device: torch.device) -> list[bool]:
-    """Each of ``flags`` or-ed over ranks, in one all-reduce (every rank must call it)."""
-    if not info.enabled:
-        return list(flags)
-    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [bool(v > 0) for v in t.tolist()]
-
-
 def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     """``[obj of rank 0, obj of rank 1, ...]`` on every rank."""
     if not info.enabled:

@@ -24,7 +24,6 @@ from .distributed import (
     DistInfo,
     all_reduce_mean_,
     any_rank,
-    any_rank_each,
     average_gradients,
     broadcast_buffers,
     gather_objects,
@@ -360,20 +359,19 @@ class Trainer:
             group["lr"] = lr * group.get("lr_mult", 1.0)
         return lr
 
-    def _check_step(self, out: StepOutput) -> tuple[list[str], bool]:
-        """Names of the non-finite loss terms (``[]`` when all are finite), and whether any rank was
-        asked to stop (SIGTERM): one device sync and, under torchrun, one all-reduce per step, so
-        that every rank skips, stops or saves at the same step."""
+    def _stop_requested(self) -> bool:
+        """Whether a SIGTERM reached any rank (checked at the end of every step, after its evaluation
+        and save; under torchrun one all-reduce of one value, so that every rank stops at the same step)."""
+        requested = self._stop_signal is not None and self._stop_signal.requested
+        return any_rank(requested, self.dist, self.device) if self.dist.enabled else requested
+
+    def _nonfinite_terms(self, out: StepOutput) -> list[str]:
+        """Names of the non-finite loss terms (``[]`` when all are finite): one device sync per step."""
         terms = {**out.losses, **out.own_losses}
         values = [out.total, *terms.values()]
         flags = torch.stack([torch.isfinite(v.detach().float()) for v in values])
-        stop_requested = self._stop_signal is not None and self._stop_signal.requested
-        nonfinite, stop = any_rank_each([not bool(flags.all()), stop_requested], self.dist, self.device)
-        return (self._nonfinite_names(flags, terms) if nonfinite else []), stop
-
-    def _nonfinite_names(self, flags: torch.Tensor, terms: dict) -> list[str]:
-        """The terms whose ``flags`` (total first, then ``terms``) are False; a placeholder when
-        only another rank's loss was not finite."""
+        if not any_rank(not bool(flags.all()), self.dist, self.device):
+            return []
         if bool(flags.all()):
             return [f"on another rank than {self.dist.rank}"]
         bad = [name for name, ok in zip(terms, flags[1:].tolist()) if not ok]
@@ -455,7 +453,7 @@ class Trainer:
                 lr = self._set_lr()
                 with self.autocast():
                     out = self.task(*inputs)
-                bad, stop = self._check_step(out)
+                bad = self._nonfinite_terms(out)
                 if bad:
                     self._on_nonfinite(bad)  # raises unless the batch is skipped
                 else:
@@ -480,12 +478,11 @@ class Trainer:
                     self._save()
                 else:
                     saved = False
-                if stop and self.step < cfg.iters:
+                if self.step < cfg.iters and self._stop_requested():
                     if not saved:
                         self._save()
                     raise TrainingStopped(
-                        f"SIGTERM at step {self.step} of {cfg.iters}; checkpoint saved in "
-                        f"{self.ckpt_dir / 'last.pt'}; run the same command with --resume to continue"
+                        f"SIGTERM at step {self.step} of {cfg.iters}; checkpoint saved in {self.ckpt_dir / 'last.pt'}"
                     )
         if not last_metrics and self.val_loader is not None:  # resumed a finished run: evaluate again
             last_metrics = self.evaluate()
