@@ -43,6 +43,19 @@ def launch(world: int, args: list[str]) -> list[subprocess.Popen]:
     return procs
 
 
+def assert_same_run(a: Path, b: Path) -> None:
+    """Runs ``a`` and ``b`` end with the same weights and the same ``metrics.jsonl`` (images/s aside)."""
+    wa = torch.load(a / "checkpoints/last.pt", weights_only=True)["model"]
+    wb = torch.load(b / "checkpoints/last.pt", weights_only=True)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    def records(run: Path) -> list[dict]:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(x).items() if k != "images_per_s"} for x in lines]
+
+    assert records(a) == records(b)
+
+
 def overrides(tiny_overrides: list[str], **values: object) -> list[str]:
     keys = {k.replace("__", ".") for k in values}
     kept = [o for o in tiny_overrides if o.split("=")[0] not in keys]
@@ -125,15 +138,7 @@ def test_a_killed_two_process_run_resumes_exactly(tiny_overrides, tmp_path):
     run("reference")
     run("killed", kill_after=5)
     assert "resumed from" in run("killed")
-    a = torch.load(tmp_path / "runs/reference/checkpoints/last.pt", weights_only=True)
-    b = torch.load(tmp_path / "runs/killed/checkpoints/last.pt", weights_only=True)
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-
-    def records(name: str) -> list[dict]:
-        lines = (tmp_path / f"runs/{name}/metrics.jsonl").read_text().splitlines()
-        return [{k: v for k, v in json.loads(x).items() if k != "images_per_s"} for x in lines]
-
-    assert records("reference") == records("killed")
+    assert_same_run(tmp_path / "runs/reference", tmp_path / "runs/killed")
 
 
 @pytest.mark.slow
@@ -165,15 +170,7 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_saved_step(tiny_overri
     assert state["step"] == step and len(state["rng"]) == 2
     resumed = run("stopped", "--resume")
     assert [p.wait(timeout=300) for p in resumed] == [0, 0], [p.stderr.read() for p in resumed]
-    a = torch.load(tmp_path / "runs/reference/checkpoints/last.pt", weights_only=True)
-    b = torch.load(tmp_path / "runs/stopped/checkpoints/last.pt", weights_only=True)
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-
-    def records(name: str) -> list[dict]:
-        lines = (tmp_path / f"runs/{name}/metrics.jsonl").read_text().splitlines()
-        return [{k: v for k, v in json.loads(x).items() if k != "images_per_s"} for x in lines]
-
-    assert records("reference") == records("stopped")
+    assert_same_run(tmp_path / "runs/reference", tmp_path / "runs/stopped")
 
 
 def fully_labelled_copy(data: Path, root: Path) -> Path:
