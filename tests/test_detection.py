@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -520,3 +523,106 @@ def test_two_process_detection_distillation(coco_data, tmp_path, tiny_teacher):
     for key, value in summary["val"].items():
         if key not in ("train_seconds", "batch_size", "skipped_batches"):
             assert single[key] == value, key
+
+
+def test_detect_bench_runs_both_methods_per_seed_reuses_them_and_reports_paired_intervals(
+    coco_data, tmp_path, tiny_teacher, monkeypatch, capsys
+):
+    """baseline and APD for seeds 0 and 1 under one recipe; the table's figures are the runs' own
+    (summary.json), the APD - baseline interval is the paired t interval with 1 degree of freedom; a
+    second call reuses every run and the teacher's evaluation; a changed teacher file is refused."""
+    args = [*_detect_args(coco_data, tmp_path), *_teacher_args(tiny_teacher), "distill.options.apd.adapter_channels=8"]
+    args = [a for a in args if not a.startswith("train.iters")] + ["train.iters=2"]
+    out = tmp_path / "bench"
+    bench = ["detect", "bench", "configs/synthetic/detection/apd.yaml", *args, "--seeds", "0", "1", "--out", str(out)]
+    assert main(bench) == 0
+    summaries = {
+        (m, s): json.loads((out / f"{m}_seed{s}" / "summary.json").read_text())["val"]
+        for m in ("baseline", "apd")
+        for s in (0, 1)
+    }
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["method"], r["seed"]) for r in rows] == [
+        ("baseline", "0"),
+        ("baseline", "1"),
+        ("apd", "0"),
+        ("apd", "1"),
+    ]
+    for row in rows:
+        val = summaries[(row["method"], int(row["seed"]))]
+        assert float(row["bbox_AP"]) == pytest.approx(val["bbox_AP"], abs=1e-6)
+        assert float(row["segm_AP50"]) == pytest.approx(val["segm_AP50"], abs=1e-6)
+    diffs = [100 * (summaries[("apd", s)]["bbox_AP"] - summaries[("baseline", s)]["bbox_AP"]) for s in (0, 1)]
+    mean, half = sum(diffs) / 2, 12.706 * abs(diffs[0] - diffs[1]) / 2**0.5 / 2**0.5
+    markdown = (out / "results.md").read_text()
+    assert f"box AP {mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]" in markdown.replace("**", "")
+    teacher = json.loads((out / "teacher.json").read_text())
+    assert f"teacher box AP {100 * teacher['val']['bbox_AP']:.2f}" in markdown
+
+    def must_not_run(*a, **k):
+        raise AssertionError("a finished run was run again")
+
+    monkeypatch.setattr("segdistill.detection.bench.run_detect_train", must_not_run)
+    monkeypatch.setattr("segdistill.detection.bench.run_detect_distill", must_not_run)
+    monkeypatch.setattr("segdistill.detection.bench.run_detect_eval", must_not_run)
+    assert main(bench) == 0
+    assert (out / "results.md").read_text() == markdown
+
+    Path(tiny_teacher).write_bytes(Path(tiny_teacher).read_bytes() + b"retrained")
+    capsys.readouterr()
+    assert main(bench) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "apd_seed0 was distilled from another teacher file" in err[0], err
+
+
+def test_detect_bench_user_errors(coco_data, tmp_path, capsys):
+    """Options of another subcommand, a baseline recipe with another schedule, a recipe without a teacher."""
+    args = _detect_args(coco_data, tmp_path)
+    recipes = tmp_path / "recipes"
+    shutil.copytree("configs/synthetic/detection", recipes)
+    (recipes / "t.pt").write_bytes(b"x")
+    student = recipes / "student.yaml"
+    student.write_text(student.read_text().replace("lr: 0.01", "lr: 0.05"))
+    detection = "configs/synthetic/detection"
+    cases = [
+        (["detect", "train", f"{detection}/student.yaml", *args, "--seeds", "0"], "--seeds: only for detect bench"),
+        (["detect", "bench", f"{detection}/apd.yaml", *args, "--resume"], "--resume: not for detect bench"),
+        (
+            ["detect", "bench", str(recipes / "apd.yaml"), *args, f"teacher.weights={recipes / 't.pt'}"],
+            "student.yaml differs from .*apd.yaml in train.lr",
+        ),
+        (["detect", "bench", str(recipes / "student.yaml"), *args], "detect bench needs a detect distill recipe"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(message, err[0]), err
+
+
+def test_detect_bench_statistics_leave_a_diverged_seed_out():
+    """Means over the finished seeds, gains and the paired interval over the seeds where both finished,
+    the gap closed against the teacher, s/it as the median."""
+    from segdistill.detection.bench import summarise
+
+    def run(box: float, mask: float, seconds: float) -> dict:
+        return {"val": {"bbox_AP": box, "segm_AP": mask, "train_seconds": seconds}, "iters": 10}
+
+    results = {
+        "baseline": [run(0.10, 0.08, 10.0), run(0.12, 0.09, 11.0), run(0.11, 0.10, 30.0)],
+        "apd": [run(0.13, 0.09, 20.0), {"diverged": {"step": 4}}, run(0.15, 0.12, 22.0)],
+    }
+    rows = summarise(results, {"val": {"bbox_AP": 0.20, "segm_AP": 0.15}})
+    box = rows["apd"]["bbox_AP"]
+    assert box["per_seed"] == [0.13, None, 0.15]
+    assert box["mean"] == pytest.approx(0.14) and box["sd"] == pytest.approx(0.02**0.5 / 10)
+    assert box["gain"] == pytest.approx(0.035)  # seeds 0 and 2: +0.03, +0.04
+    assert box["vs_baseline"]["n"] == 2
+    half = 12.706 * (0.01 / 2**0.5) / 2**0.5
+    assert (box["vs_baseline"]["low"], box["vs_baseline"]["high"]) == (
+        pytest.approx(0.035 - half),
+        pytest.approx(0.035 + half),
+    )
+    assert box["gap_closed"] == pytest.approx(0.035 / (0.20 - 0.105))  # against the paired seeds' baseline
+    assert rows["baseline"]["bbox_AP"]["mean"] == pytest.approx(0.11)
+    assert rows["baseline"]["s_per_it"] == pytest.approx(1.1) and rows["apd"]["s_per_it"] == pytest.approx(2.1)
+    assert rows["apd"]["time_ratio"] == pytest.approx(2.1 / 1.1)

@@ -38,6 +38,7 @@ LAYER_OF_MODULE = {
     "segdistill.detection.evaluate": "engine",
     "segdistill.detection.config": "engine",
     "segdistill.detection.run": "engine",
+    "segdistill.detection.bench": "commands",
 }
 LAYER_OF_PACKAGE = {
     "segdistill.base": "base",

@@ -58,20 +58,29 @@ class Run:
     source: Path
 
 
-def method_config(recipe: Path, method: str, seed: int, out: Path, overrides: list[str]) -> Run:
-    """The config of one run, checked against ``recipe`` for identical teacher/student/data/schedule."""
+def method_config(
+    recipe: Path,
+    method: str,
+    seed: int,
+    out: Path,
+    overrides: list[str],
+    schema: type = Config,
+    shared: tuple[str, ...] = SHARED_SECTIONS,
+) -> Run:
+    """The config of one run, checked against ``recipe`` for identical teacher/student/data/schedule (the
+    ``shared`` sections of a ``schema`` config, plus ``teacher`` for a distillation)."""
     own = [f"seed={seed}", f"name={method}_seed{seed}", f"out_dir={out}"]
-    base = load_config(recipe, [*overrides, *own])
+    base = load_config(recipe, [*overrides, *own], schema=schema)
     sibling = recipe.parent / f"{'student' if method == 'baseline' else method}.yaml"
     if sibling.is_file():
-        config, source = load_config(sibling, [*overrides, *own]), sibling
+        config, source = load_config(sibling, [*overrides, *own], schema=schema), sibling
     elif method == "baseline":
         config, source = base, recipe
     else:
         extra = [f"distill.methods=[{method}]", "distill.options={}", "distill.weights={}"]
-        config, source = load_config(recipe, [*overrides, *extra, *own]), recipe
+        config, source = load_config(recipe, [*overrides, *extra, *own], schema=schema), recipe
     a, b = config_to_dict(base), config_to_dict(config)
-    sections = SHARED_SECTIONS + (() if method == "baseline" else ("teacher",))
+    sections = shared + (() if method == "baseline" else ("teacher",))
     for section in sections:
         for key in sorted(set(a[section] or {}) | set(b[section] or {})):
             left, right = (a[section] or {}).get(key), (b[section] or {}).get(key)
@@ -107,7 +116,7 @@ def maskd_tokens_problem(run: Run) -> str | None:
 REUSABLE_CHANGES = RESUMABLE_CHANGES - {"data.root", "train.device"}
 
 
-def _finished(run: Run) -> dict | None:
+def finished_result(run: Run) -> dict | None:
     """The run's ``summary.json``, or its ``diverged.json`` record (``{"diverged": {...}}``), when the run
     folder holds one written under this config, up to the keys that change nothing trained (those a
     resume may change: log and eval intervals, workers, ``data.cache``, TensorBoard, ...); else ``None``
@@ -123,7 +132,7 @@ def _finished(run: Run) -> dict | None:
     return None
 
 
-def _diverged(run: Run, exc: LossNotFinite) -> dict:
+def record_divergence(run: Run, exc: LossNotFinite) -> dict:
     """Record a run that stopped on a non-finite loss (``diverged.json`` beside its ``config.yaml``, written
     through a temporary file), so the comparison goes on and a later bench reuses the outcome."""
     record = {"diverged": {"step": exc.step, "terms": exc.terms, "message": str(exc)}}
@@ -153,13 +162,13 @@ def ensure_maskd_tokens(run: Run, overrides: list[str], console: Console) -> Non
             f"{recipe} writes its tokens to {config.run_dir / 'checkpoints' / 'last.pt'}, not to "
             f"distill.options.maskd.tokens={tokens}"
         )
-    if _finished(stage) is None:
+    if finished_result(stage) is None:
         console.print(f"bench: learning MasKD's receptive tokens first ({recipe} -> {config.run_dir})")
         run_maskd_tokens(config, resume=True, console=console)
 
 
 def _execute(run: Run, console: Console) -> dict:
-    done = _finished(run)
+    done = finished_result(run)
     if done is not None:
         return done
     if run.method == "baseline":
@@ -182,7 +191,7 @@ def evaluate_teacher(config: Config, out: Path, console: Console) -> dict:
     return {"weights": weights, "val": metrics}
 
 
-def _mean_sd(values: list[float]) -> tuple[float, float]:
+def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
@@ -201,7 +210,7 @@ def paired_difference(a: list[float], b: list[float]) -> dict | None:
     n = len(diffs)
     if n < 2:
         return None
-    mean, sd = _mean_sd(diffs)
+    mean, sd = mean_sd(diffs)
     half = (T_975[n - 2] if n - 1 <= len(T_975) else 1.96) * sd / n**0.5
     low, high = mean - half, mean + half
     return {"mean": mean, "low": low, "high": high, "n": n, "resolved": low > 0 or high < 0}
@@ -212,7 +221,7 @@ def _miou(result: dict) -> float | None:
     return result["val"]["mIoU"] if "val" in result else None
 
 
-def _seconds_per_iteration(runs: list[dict]) -> float:
+def seconds_per_iteration(runs: list[dict]) -> float:
     """Median over the finished runs of training seconds per iteration: a run slowed by other load on the
     machine (or paused) moves the median of three seeds less than the mean."""
     return statistics.median(r["val"]["train_seconds"] / r["iters"] for r in runs)
@@ -229,7 +238,7 @@ def summarise(results: dict[str, list[dict]], seeds: list[int], teacher_miou: fl
     base = results.get("baseline")
     base_done = [r for r in base if "val" in r] if base else []
     base_mean = statistics.fmean(r["val"]["mIoU"] for r in base_done) if base_done else None
-    base_time = _seconds_per_iteration(base_done) if base_done else None
+    base_time = seconds_per_iteration(base_done) if base_done else None
     for method, runs in results.items():
         done = [r for r in runs if "val" in r]
         row: dict = {"per_seed": [_miou(r) for r in runs], "mIoU": None, "sd": None, "s_per_it": None}
@@ -238,11 +247,11 @@ def summarise(results: dict[str, list[dict]], seeds: list[int], teacher_miou: fl
         rows[method] = row
         if not done:
             continue
-        row["mIoU"], row["sd"] = _mean_sd([r["val"]["mIoU"] for r in done])
+        row["mIoU"], row["sd"] = mean_sd([r["val"]["mIoU"] for r in done])
         if base_done and method != "baseline":
             pairs = [(_miou(r), _miou(b)) for r, b in zip(runs, base) if "val" in r and "val" in b]
             if pairs:
-                row["gain"], row["gain_sd"] = _mean_sd([m - b for m, b in pairs])
+                row["gain"], row["gain_sd"] = mean_sd([m - b for m, b in pairs])
                 row["vs_baseline"] = paired_difference([m for m, _ in pairs], [b for _, b in pairs])
         if "apd" in results and method not in ("apd", "baseline"):
             pairs = [(_miou(r), _miou(a)) for r, a in zip(runs, results["apd"]) if "val" in r and "val" in a]
@@ -254,22 +263,22 @@ def summarise(results: dict[str, list[dict]], seeds: list[int], teacher_miou: fl
             values = [r["val"]["iou"][c] for r in done if r["val"]["iou"][c] is not None]
             per_class.append(statistics.fmean(values) if values else None)
         row["per_class"] = per_class
-        row["s_per_it"] = _seconds_per_iteration(done)
+        row["s_per_it"] = seconds_per_iteration(done)
         if base_time:
             row["time_ratio"] = row["s_per_it"] / base_time
     return rows
 
 
-def _pct(x: float | None, signed: bool = False) -> str:
+def pct(x: float | None, signed: bool = False) -> str:
     if x is None:
         return "-"
     return f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}"
 
 
-def _interval(diff: dict | None) -> str:
+def interval_text(diff: dict | None) -> str:
     if diff is None:
         return "-"
-    text = f"{_pct(diff['mean'], True)} [{_pct(diff['low'], True)}, {_pct(diff['high'], True)}]"
+    text = f"{pct(diff['mean'], True)} [{pct(diff['low'], True)}, {pct(diff['high'], True)}]"
     return f"**{text} resolved**" if diff["resolved"] else text
 
 
@@ -294,20 +303,20 @@ def write_results(
         f"seeds {seeds}; val mIoU (%), mean ± s.d. over seeds; gain = mean ± s.d. of the per-seed gains over "
         f"the baseline; gap closed = gain / (teacher - baseline); s/it = training seconds per iteration, median "
         f"over seeds (final evaluation included); a run that stopped on a non-finite loss is shown as diverged and "
-        f"left out of the statistics" + (f"; teacher {_pct(teacher_miou)}" if teacher else ""),
+        f"left out of the statistics" + (f"; teacher {pct(teacher_miou)}" if teacher else ""),
         "",
         "| method | mIoU | per seed | gain | gap closed | s/it | time vs baseline |",
         "|---|---|---|---|---:|---:|---:|",
     ]
     for method, row in rows.items():
-        gain = f"{_pct(row['gain'], True)} ± {_pct(row['gain_sd'])}" if "gain" in row else "-"
+        gain = f"{pct(row['gain'], True)} ± {pct(row['gain_sd'])}" if "gain" in row else "-"
         gap = f"{100 * row['gap_closed']:.1f} %" if "gap_closed" in row else "-"
         ratio = f"x{row['time_ratio']:.2f}" if "time_ratio" in row else "-"
         seeds_text = " / ".join(
-            _pct(v) if v is not None else f"diverged (step {row['diverged'][seed]})"
+            pct(v) if v is not None else f"diverged (step {row['diverged'][seed]})"
             for seed, v in zip(seeds, row["per_seed"])
         )
-        miou = f"{_pct(row['mIoU'])} ± {_pct(row['sd'])}" if row["mIoU"] is not None else "diverged"
+        miou = f"{pct(row['mIoU'])} ± {pct(row['sd'])}" if row["mIoU"] is not None else "diverged"
         speed = f"{row['s_per_it']:.3f}" if row["s_per_it"] is not None else "-"
         lines.append(f"| {method} | {miou} | {seeds_text} | {gain} | {gap} | {speed} | {ratio} |")
     paired = [(m, row) for m, row in rows.items() if row.get("vs_baseline") or row.get("vs_apd")]
@@ -322,12 +331,12 @@ def write_results(
             "|---|---|---|",
         ]
         for method, row in paired:
-            lines.append(f"| {method} | {_interval(row.get('vs_baseline'))} | {_interval(row.get('vs_apd'))} |")
+            lines.append(f"| {method} | {interval_text(row.get('vs_baseline'))} | {interval_text(row.get('vs_apd'))} |")
     lines += ["", "Per-class IoU (%), mean over seeds:", ""]
     lines.append("| class | " + " | ".join(rows) + " |")
     lines.append("|---|" + "---:|" * len(rows))
     for c, name in enumerate(names):
-        cells = [_pct(row["per_class"][c]) for row in rows.values()]
+        cells = [pct(row["per_class"][c]) for row in rows.values()]
         if all(cell == "-" for cell in cells):
             continue
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -385,18 +394,18 @@ def run_bench(
     with progress:
         bar = progress.add_task("bench", total=len(runs), current="")
         for i, run in enumerate(runs):
-            reused = _finished(run) is not None
+            reused = finished_result(run) is not None
             progress.update(bar, current=f"{run.config.name}{' (reused)' if reused else ''}")
             if not console.is_terminal:
                 console.print(
                     f"bench run {i + 1}/{len(runs)}: {run.config.name} ({run.source}){' reused' if reused else ''}"
                 )
-            if run.method == "maskd" and _finished(run) is None:
+            if run.method == "maskd" and finished_result(run) is None:
                 ensure_maskd_tokens(run, overrides, console)
             try:
                 result = _execute(run, quiet)
             except LossNotFinite as exc:
-                result = _diverged(run, exc)
+                result = record_divergence(run, exc)
                 console.print(f"bench: {run.config.name} diverged ({exc}); recorded, going on")
             results[run.method].append(result)
             if "val" in result:
@@ -410,9 +419,9 @@ def run_bench(
     for column in ("method", "mIoU", "gain", "gap closed", "s/it"):
         table.add_column(column, justify="left" if column == "method" else "right")
     for method, row in rows.items():
-        gain = f"{_pct(row['gain'], True)} ± {_pct(row['gain_sd'])}" if "gain" in row else "-"
+        gain = f"{pct(row['gain'], True)} ± {pct(row['gain_sd'])}" if "gain" in row else "-"
         gap = f"{100 * row['gap_closed']:.1f} %" if "gap_closed" in row else "-"
-        miou = f"{_pct(row['mIoU'])} ± {_pct(row['sd'])}" if row["mIoU"] is not None else "diverged"
+        miou = f"{pct(row['mIoU'])} ± {pct(row['sd'])}" if row["mIoU"] is not None else "diverged"
         if row["diverged"] and row["mIoU"] is not None:
             miou += f" ({len(row['diverged'])} diverged)"
         speed = f"{row['s_per_it']:.3f}" if row["s_per_it"] is not None else "-"

@@ -83,6 +83,23 @@ def cmd_detect(args: argparse.Namespace, console: Console) -> int:
     from .detection.config import load_detection_config
     from .detection.run import run_detect_distill, run_detect_eval, run_detect_train
 
+    bench_only = [flag for flag, value in (("--seeds", args.seeds), ("--out", args.out)) if value is not None]
+    if args.detect_command != "bench" and bench_only:
+        raise UserError(f"{' and '.join(bench_only)}: only for detect bench")
+    if args.detect_command == "bench":
+        from .detection.bench import run_detect_bench
+
+        other = [
+            flag
+            for flag, value in (("--resume", args.resume), ("--checkpoint", args.checkpoint), ("--json", args.json))
+            if value
+        ]
+        if other:
+            raise UserError(f"{' and '.join(other)}: not for detect bench (it resumes and reuses its runs itself)")
+        run_detect_bench(
+            args.config, args.seeds or [0, 1, 2], args.out or "runs/det_bench", list(args.overrides), console
+        )
+        return 0
     config = load_detection_config(args.config, args.overrides)
     if args.detect_command == "eval":
         if not args.checkpoint:
@@ -352,12 +369,14 @@ def build_parser() -> argparse.ArgumentParser:
     coco.set_defaults(func=cmd_coco)
 
     detect = sub.add_parser("detect", help="object detection / instance segmentation (torchvision R-CNNs)")
-    detect.add_argument("detect_command", choices=["train", "distill", "eval"])
+    detect.add_argument("detect_command", choices=["train", "distill", "eval", "bench"])
     detect.add_argument("config")
     detect.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.iters=100")
     detect.add_argument("--resume", action="store_true", help=RESUME_HELP)
     detect.add_argument("--checkpoint", help="eval: a .pt checkpoint or .safetensors file")
     detect.add_argument("--json", help="eval: also write the metrics to this JSON file")
+    detect.add_argument("--seeds", nargs="+", type=int, help="bench: the seeds (default 0 1 2)")
+    detect.add_argument("--out", help="bench: the output folder (default runs/det_bench)")
     detect.set_defaults(func=cmd_detect)
 
     train = sub.add_parser("train", help="train a model (no distillation)")
@@ -505,10 +524,10 @@ def user_message(exc: UserError) -> str:
 
 def how_to_continue(args: argparse.Namespace) -> str:
     """What a user runs after a SIGTERM stopped this command's training."""
+    if args.func is cmd_bench or getattr(args, "detect_command", None) == "bench":
+        return "run the same command again: bench reuses the finished runs and resumes this one"
     if hasattr(args, "resume"):
         return "run the same command with --resume to continue"
-    if args.func is cmd_bench:
-        return "run the same command again: bench reuses the finished runs and resumes this one"
     return "run the same command again (it starts over)"
 
 
