@@ -56,17 +56,19 @@ def test_bench_grid_results_and_reuse(tiny_overrides, tmp_path, capsys):
     grid = ["--methods", "apd", "kd", "baseline", "--seeds", "0", "1", "--out", str(out)]
     assert main(["bench", "configs/synthetic/apd.yaml", *tiny_overrides, *teacher, *harmless, *grid]) == 0
     assert capsys.readouterr().err.count("reused") == 6
-    # ... but another copy of the data does not: the baseline is trained again
+    # ... but another copy of the data does not: refused before anything runs (resuming the finished run
+    # would only score its old weights on the new data), naming the folder and the key
     copy = tmp_path / "data_copy"
     shutil.copytree(next(o.split("=", 1)[1] for o in tiny_overrides if o.startswith("data.root=")), copy)
     moved = [*tiny_overrides, *teacher, f"data.root={copy}"]
-    assert (
-        main(
-            ["bench", "configs/synthetic/apd.yaml", *moved, "--methods", "baseline", "--seeds", "0", "--out", str(out)]
-        )
-        == 0
-    )
-    assert "reused" not in capsys.readouterr().err
+    grid = ["--methods", "baseline", "--seeds", "0", "--out", str(out)]
+    assert main(["bench", "configs/synthetic/apd.yaml", *moved, *grid]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "baseline_seed0 holds a run finished under another config (data.root:" in err[0], err
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.glob("*/summary.json")}
+    assert main(["bench", "configs/synthetic/apd.yaml", *moved, *grid[:-1], str(tmp_path / "elsewhere")]) == 0
+    assert main(["bench", "configs/synthetic/apd.yaml", *tiny_overrides, "--seeds", "1", "1", "--out", "x"]) == 2
+    assert "--seeds: seed 1 is given twice" in capsys.readouterr().err
 
 
 def test_bench_refuses_a_method_recipe_with_another_schedule(tiny_overrides, tmp_path, capsys):

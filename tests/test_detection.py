@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from test_resume import assert_same_state
 
@@ -548,14 +549,15 @@ def test_detect_bench_runs_both_methods_per_seed_reuses_them_and_reports_paired_
         ("apd", "0"),
         ("apd", "1"),
     ]
-    for row in rows:
+    for row in rows:  # each row is its run's (the training times tell the runs apart; 2 steps score AP 0)
         val = summaries[(row["method"], int(row["seed"]))]
+        assert float(row["train_seconds"]) == pytest.approx(val["train_seconds"], abs=0.01)
         assert float(row["bbox_AP"]) == pytest.approx(val["bbox_AP"], abs=1e-6)
         assert float(row["segm_AP50"]) == pytest.approx(val["segm_AP50"], abs=1e-6)
-    diffs = [100 * (summaries[("apd", s)]["bbox_AP"] - summaries[("baseline", s)]["bbox_AP"]) for s in (0, 1)]
-    mean, half = sum(diffs) / 2, 12.706 * abs(diffs[0] - diffs[1]) / 2**0.5 / 2**0.5
+    assert len({row["train_seconds"] for row in rows}) == 4
+    baseline = yaml.safe_load((out / "baseline_seed0" / "config.yaml").read_text())
+    assert baseline["teacher"] is None and baseline["distill"] is None  # it uses neither
     markdown = (out / "results.md").read_text()
-    assert f"box AP {mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]" in markdown.replace("**", "")
     teacher = json.loads((out / "teacher.json").read_text())
     assert f"teacher box AP {100 * teacher['val']['bbox_AP']:.2f}" in markdown
 
@@ -592,6 +594,19 @@ def test_detect_bench_user_errors(coco_data, tmp_path, capsys):
             "student.yaml differs from .*apd.yaml in train.lr",
         ),
         (["detect", "bench", str(recipes / "student.yaml"), *args], "detect bench needs a detect distill recipe"),
+        (
+            [
+                "detect",
+                "bench",
+                f"{detection}/apd.yaml",
+                *args,
+                f"teacher.weights={recipes / 't.pt'}",
+                "--seeds",
+                "0",
+                "0",
+            ],
+            "--seeds: seed 0 is given twice",
+        ),
     ]
     for argv, message in cases:
         assert main(argv) == 2
@@ -626,3 +641,75 @@ def test_detect_bench_statistics_leave_a_diverged_seed_out():
     assert rows["baseline"]["bbox_AP"]["mean"] == pytest.approx(0.11)
     assert rows["baseline"]["s_per_it"] == pytest.approx(1.1) and rows["apd"]["s_per_it"] == pytest.approx(2.1)
     assert rows["apd"]["time_ratio"] == pytest.approx(2.1 / 1.1)
+
+
+def test_detect_bench_table_from_known_runs(tmp_path, monkeypatch, capsys):
+    """The markdown and csv hold the runs' figures, the gain and gap closed, and the paired t interval
+    (2 degrees of freedom) computed here independently; the teacher is evaluated once per setting."""
+    teacher_file = tmp_path / "t.pt"
+    teacher_file.write_bytes(b"teacher")
+    box = {"baseline": (0.10, 0.12, 0.11), "apd": (0.13, 0.135, 0.15)}
+    mask = {"baseline": (0.08, 0.085, 0.09), "apd": (0.09, 0.10, 0.10)}
+
+    def fake_run(config, resume, console):
+        method = config.name.split("_seed")[0]
+        val = {"bbox_AP": box[method][config.seed], "bbox_APl": -1.0, "segm_AP": mask[method][config.seed]}
+        val.update({"bbox_AP50": 0.3, "bbox_AP75": 0.1, "segm_AP50": 0.2})  # what a run's line prints
+        return {"val": {**val, "train_seconds": 60.0 if method == "baseline" else 90.0}, "iters": 600}
+
+    evaluated = []
+
+    def fake_eval(config, checkpoint, console=None):
+        evaluated.append(config.data.batch_size)
+        assert config.model.backbone == "resnet50" and checkpoint == str(teacher_file)  # the teacher's section
+        return {"bbox_AP": 0.20, "bbox_APl": -1.0, "segm_AP": 0.15}
+
+    monkeypatch.setattr("segdistill.detection.bench.run_detect_train", fake_run)
+    monkeypatch.setattr("segdistill.detection.bench.run_detect_distill", fake_run)
+    monkeypatch.setattr("segdistill.detection.bench.run_detect_eval", fake_eval)
+    out = tmp_path / "bench"
+    argv = ["detect", "bench", "configs/synthetic/detection/apd.yaml", f"teacher.weights={teacher_file}"]
+    argv += ["--seeds", "0", "1", "2", "--out", str(out)]
+    assert main(argv) == 0
+    markdown = (out / "results.md").read_text()
+
+    def interval(apd: tuple, base: tuple) -> str:
+        diffs = [100 * (a - b) for a, b in zip(apd, base)]
+        mean = sum(diffs) / 3
+        half = 4.303 * (sum((d - mean) ** 2 for d in diffs) / 2) ** 0.5 / 3**0.5
+        text = f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]"
+        return f"**{text} resolved**" if mean - half > 0 or mean + half < 0 else text
+
+    assert f"box AP {interval(box['apd'], box['baseline'])}" in markdown  # +2.83 [-0.29, +5.96]
+    assert f"mask AP {interval(mask['apd'], mask['baseline'])}" in markdown  # resolved: +1.17 [+0.45, +1.88]
+    assert "resolved**" in markdown.split("mask AP **")[1]
+    apd_row = next(line for line in markdown.splitlines() if line.startswith("| apd |")).split(" | ")
+    assert apd_row[1:5] == ["13.83 ± 1.04", "13.00 / 13.50 / 15.00", "+2.83 ± 1.26", "31.5 %"]
+    assert apd_row[-2:] == ["0.150", "x1.50 |"]
+    assert "teacher box AP 20.00, mask AP 15.00" in markdown
+    assert "| box APl | - | - | - |" in markdown  # COCO's -1: no large objects
+    header = next(csv.reader((out / "results.csv").open()))
+    figures = ["bbox_AP", "bbox_AP50", "bbox_AP75", "bbox_APl", "segm_AP", "segm_AP50"]  # COCO's order
+    assert header == ["method", "seed", "status", *figures, "train_seconds", "iters"]
+    assert main(argv) == 0 and evaluated == [4]  # cached
+    assert main([*argv, "data.batch_size=2"]) == 0 and evaluated == [4, 2]  # the val batches changed
+
+
+def test_detect_bench_runs_the_recipe_given(tmp_path):
+    """APD runs the recipe given, whatever its name (not a sibling apd.yaml, not default weights); the
+    baseline is student.yaml beside it, without a teacher or distill section."""
+    from segdistill.detection.bench import detection_runs
+
+    recipes = tmp_path / "recipes"
+    shutil.copytree("configs/synthetic/detection", recipes)
+    mine = recipes / "my_apd.yaml"
+    mine.write_text((recipes / "apd.yaml").read_text().replace("apd_kl: 10.0", "apd_kl: 3.0"))
+    baseline, apd = detection_runs(mine, [0], tmp_path / "out", ["distill.options.apd.scale=5.0"])
+    assert apd.source == mine and apd.config.distill.weights == {"apd_kl": 3.0, "apd_align": 10.0}
+    assert (
+        apd.config.distill.options["apd"]["scale"] == 5.0
+        and apd.config.distill.options["apd"]["adapter_channels"] == 512
+    )
+    assert baseline.source == recipes / "student.yaml"
+    assert baseline.config.teacher is None and baseline.config.distill is None
+    assert (baseline.config.name, apd.config.name) == ("baseline_seed0", "apd_seed0")

@@ -229,6 +229,8 @@ def test_how_to_continue_names_what_each_command_offers():
     assert how_to_continue(parser.parse_args(["train", "c.yaml"])).endswith("with --resume to continue")
     assert "bench reuses the finished runs" in how_to_continue(parser.parse_args(["bench", "c.yaml"]))
     assert how_to_continue(parser.parse_args(["quickstart"])).endswith("(it starts over)")
+    assert "bench reuses the finished runs" in how_to_continue(parser.parse_args(["detect", "bench", "c.yaml"]))
+    assert how_to_continue(parser.parse_args(["detect", "train", "c.yaml"])).endswith("with --resume to continue")
 
 
 @pytest.mark.slow

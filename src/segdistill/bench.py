@@ -7,7 +7,8 @@ naming the first difference; a method without its own recipe runs the given reci
 ``distill.methods=[method]``. ``baseline`` is plain training of the same student.
 
 Resumable: a run whose ``summary.json`` exists and whose saved config equals the one it would run is
-reused; an interrupted run resumes from its last checkpoint. Writes ``results.csv`` (one row per run,
+reused; an interrupted run resumes from its last checkpoint; a folder holding a run finished under
+another config (another ``data.root``, say) is refused before anything runs. Writes ``results.csv`` (one row per run,
 per-class IoU included), ``results.md`` and ``teacher.json`` into the output folder.
 """
 
@@ -17,6 +18,7 @@ import csv
 import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from .base.method_options import BENCH_METHODS, method_options
 from .config import Config, config_to_dict, load_config, with_current_defaults
 from .data.datasets import class_names
 from .engine.builders import build_datasets, build_model
-from .engine.checkpoint import load_checkpoint
+from .engine.checkpoint import load_checkpoint, sha256
 from .engine.run import (
     evaluate_model,
     evaluation_loader,
@@ -116,20 +118,47 @@ def maskd_tokens_problem(run: Run) -> str | None:
 REUSABLE_CHANGES = RESUMABLE_CHANGES - {"data.root", "train.device"}
 
 
-def finished_result(run: Run) -> dict | None:
-    """The run's ``summary.json``, or its ``diverged.json`` record (``{"diverged": {...}}``), when the run
-    folder holds one written under this config, up to the keys that change nothing trained (those a
-    resume may change: log and eval intervals, workers, ``data.cache``, TensorBoard, ...); else ``None``
-    (the run is (re)started)."""
+def _finished_record(run: Run) -> tuple[Path, list[str]] | None:
+    """The run folder's ``summary.json`` or ``diverged.json`` (a finished run) and the config keys in which
+    the run that wrote it differs from ``run`` (up to :data:`REUSABLE_CHANGES`); ``None`` when the folder
+    holds no finished run."""
     saved = run.config.run_dir / "config.yaml"
     for name in ("summary.json", "diverged.json"):
         path = run.config.run_dir / name
         if path.is_file() and saved.is_file():
             stored = with_current_defaults(yaml.safe_load(saved.read_text()), type(run.config))
-            if config_changes(stored, config_to_dict(run.config), REUSABLE_CHANGES):
-                return None
-            return json.loads(path.read_text())
+            return path, config_changes(stored, config_to_dict(run.config), REUSABLE_CHANGES)
     return None
+
+
+def finished_result(run: Run) -> dict | None:
+    """The run's ``summary.json``, or its ``diverged.json`` record (``{"diverged": {...}}``), when the run
+    folder holds one written under this config, up to the keys that change nothing trained (those a
+    resume may change: log and eval intervals, workers, ``data.cache``, TensorBoard, ...); else ``None``
+    (the run is started or resumed)."""
+    record = _finished_record(run)
+    if record is None or record[1]:
+        return None
+    return json.loads(record[0].read_text())
+
+
+def check_not_stale(run: Run) -> None:
+    """Refuse a run folder that holds a run finished under another config (e.g. another ``data.root``):
+    resuming it would only evaluate the old weights again, and reusing it would report them as this
+    bench's run."""
+    record = _finished_record(run)
+    if record is not None and record[1]:
+        raise UserError(
+            f"{run.config.run_dir} holds a run finished under another config ({'; '.join(record[1][:3])}); "
+            "bench into another --out, or remove that folder to train it again"
+        )
+
+
+def check_seeds(seeds: list[int]) -> None:
+    """Each seed once: a repeated seed would pair a run with itself (s.d. 0, every gain "resolved")."""
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise UserError(f"--seeds: seed {repeated[0]} is given twice; each seed is one independent run")
 
 
 def record_divergence(run: Run, exc: LossNotFinite) -> dict:
@@ -176,19 +205,44 @@ def _execute(run: Run, console: Console) -> dict:
     return run_distill(run.config, resume=True, console=console)
 
 
-def evaluate_teacher(config: Config, out: Path, console: Console) -> dict:
-    """The teacher's val metrics under the recipe's evaluation protocol (cached in ``teacher.json``)."""
-    path = out / "teacher.json"
+def cached_teacher(path: Path, weights: str | None, key: dict, evaluate: Callable[[], dict]) -> dict:
+    """The teacher's record in ``path`` (``teacher.json``: ``weights``, ``key``, ``val``) when it was
+    measured under ``key`` (the weights file's SHA-256 and every setting the evaluation reads); else
+    ``evaluate()`` (the metrics), recorded with ``key`` through a temporary file."""
+    key = json.loads(json.dumps(key))  # as it reads back (tuples become lists)
     if path.is_file():
-        return json.loads(path.read_text())
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return cached
+    record = {"weights": weights, "key": key, "val": evaluate()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(path)
+    return record
+
+
+def evaluate_teacher(config: Config, out: Path, console: Console) -> dict:
+    """The teacher's val metrics under the recipe's evaluation protocol (cached in ``teacher.json``, measured
+    again when the weights file, the data, the evaluation settings, the teacher section or the device change)."""
     assert config.teacher is not None
-    metrics = evaluate_model(
-        config, build_model(config.teacher, key="teacher"), evaluation_loader(config, console=console)
-    )
-    out.mkdir(parents=True, exist_ok=True)
     weights = config.teacher.weights or config.teacher.pretrained or config.teacher.kwargs.get("weights")
-    path.write_text(json.dumps({"weights": weights, "val": metrics}, indent=2))
-    return {"weights": weights, "val": metrics}
+    settings = config_to_dict(config)
+    data = {k: v for k, v in settings["data"].items() if k not in ("workers", "cache")}
+    file = Path(config.teacher.weights) if config.teacher.weights else None
+    key = {
+        "sha256": sha256(file) if file is not None and file.is_file() else None,
+        "data": data,
+        "eval": settings["eval"],
+        "teacher": settings["teacher"],
+        "device": config.train.device,
+    }
+
+    def evaluate() -> dict:
+        teacher = build_model(config.teacher, key="teacher")
+        return evaluate_model(config, teacher, evaluation_loader(config, console=console))
+
+    return cached_teacher(out / "teacher.json", weights, key, evaluate)
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -362,7 +416,10 @@ def run_bench(
     methods = list(methods) if chosen else list(DEFAULT_METHODS)
     if "baseline" in methods and methods[0] != "baseline":
         methods = ["baseline", *[m for m in methods if m != "baseline"]]
+    check_seeds(seeds)
     runs = [method_config(recipe_path, m, s, out_dir, overrides) for s in seeds for m in methods]  # checked first
+    for run in runs:
+        check_not_stale(run)
     for run in [r for r in runs if r.method == "maskd"]:
         problem = maskd_tokens_problem(run)
         if problem and chosen:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -26,6 +26,9 @@ from rich.table import Table
 
 from ..bench import (
     Run,
+    cached_teacher,
+    check_not_stale,
+    check_seeds,
     finished_result,
     interval_text,
     mean_sd,
@@ -35,6 +38,7 @@ from ..bench import (
     record_divergence,
     seconds_per_iteration,
 )
+from ..config import config_to_dict
 from ..engine.checkpoint import sha256
 from ..errors import LossNotFinite, UserError
 from .config import DetectionConfig, load_detection_config
@@ -47,11 +51,15 @@ KINDS = {"bbox": "box", "segm": "mask"}  # COCO iou type -> the table's word
 
 
 def detection_runs(recipe: Path, seeds: list[int], out: Path, overrides: list[str]) -> list[Run]:
-    """Baseline and APD for every seed (in that order), each checked against the recipe."""
+    """Baseline and APD for every seed (in that order). APD is the recipe itself; the baseline is
+    ``student.yaml`` beside it (else the recipe), checked against the recipe's data, model and schedule,
+    without a teacher or distill section (settings it does not use must not decide its reuse)."""
     runs = []
     for seed in seeds:
-        for method in METHODS:
-            runs.append(method_config(recipe, method, seed, out, overrides, DetectionConfig, SHARED_SECTIONS))
+        baseline = method_config(recipe, "baseline", seed, out, overrides, DetectionConfig, SHARED_SECTIONS)
+        baseline.config = dataclasses.replace(baseline.config, teacher=None, distill=None)
+        own = [f"seed={seed}", f"name=apd_seed{seed}", f"out_dir={out}"]
+        runs += [baseline, Run("apd", seed, load_detection_config(recipe, [*overrides, *own]), recipe)]
     return runs
 
 
@@ -66,23 +74,21 @@ def check_teacher_of(run: Run, digest: str) -> None:
 
 
 def evaluate_teacher(config: DetectionConfig, digest: str, out: Path, console: Console) -> dict:
-    """The teacher's COCO metrics on the recipe's val split, cached in ``teacher.json`` with the SHA-256 of
-    the weights file they were measured on (a changed file is evaluated again)."""
+    """The teacher's COCO metrics on the recipe's val split, cached in ``teacher.json`` with what they were
+    measured on (the weights file's SHA-256, the val data, the teacher section, the device; measured again
+    when any of them changes)."""
     assert config.teacher is not None and config.teacher.weights
-    path = out / "teacher.json"
-    if path.is_file():
-        cached = json.loads(path.read_text())
-        if cached.get("sha256") == digest:
-            return cached
-    console.print(f"detect bench: evaluating the teacher {config.teacher.weights}")
     teacher_config = dataclasses.replace(config, model=config.teacher, teacher=None, distill=None)
-    metrics = run_detect_eval(teacher_config, config.teacher.weights, console=console)
-    record = {"weights": config.teacher.weights, "sha256": digest, "val": metrics}
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(path)
-    return record
+    settings = config_to_dict(teacher_config)
+    unread = ("workers", "flip_p", "train_ann", "train_images")  # what a val evaluation does not read
+    data = {k: v for k, v in settings["data"].items() if k not in unread}
+    key = {"sha256": digest, "data": data, "teacher": settings["model"], "device": config.train.device}
+
+    def evaluate() -> dict:
+        console.print(f"detect bench: evaluating the teacher {config.teacher.weights}")
+        return run_detect_eval(teacher_config, config.teacher.weights, console=console)
+
+    return cached_teacher(out / "teacher.json", config.teacher.weights, key, evaluate)
 
 
 def metric_keys(results: dict[str, list[dict]]) -> list[str]:
@@ -126,8 +132,8 @@ def summarise(results: dict[str, list[dict]], teacher: dict | None) -> dict[str,
 
 def write_results(out: Path, rows: dict, results: dict, seeds: list[int], teacher: dict | None) -> str:
     """``results.csv`` (one row per run, every COCO figure) and ``results.md``; returns the markdown."""
-    keys = sorted({k for runs in results.values() for r in runs if "val" in r for k in r["val"]} - {"train_seconds"})
-    keys = [k for k in keys if k.split("_", 1)[0] in KINDS]
+    present = {k for runs in results.values() for r in runs if "val" in r for k in r["val"]}
+    keys = [f"{kind}_{stat}" for kind in KINDS for stat in STATS if f"{kind}_{stat}" in present]
     with open(out / "results.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["method", "seed", "status", *keys, "train_seconds", "iters"])
@@ -143,12 +149,12 @@ def write_results(out: Path, rows: dict, results: dict, seeds: list[int], teache
     words = {key: f"{KINDS[key.split('_')[0]]} AP" for key in headline}
     teacher_text = ""
     if teacher:
-        teacher_text = "; teacher " + ", ".join(f"{words[k]} {pct(teacher['val'].get(k))}" for k in headline)
+        teacher_text = "; teacher " + ", ".join(f"{words[k]} {_figure(teacher['val'].get(k))}" for k in headline)
     lines = [
         f"seeds {seeds}; COCO AP (%) on val, mean ± s.d. over seeds; gain = mean ± s.d. of the per-seed gains over "
-        f"the baseline; gap closed = gain / (teacher - baseline); s/it = training seconds per iteration, median "
-        f"over seeds (final evaluation included); a run that stopped on a non-finite loss is shown as diverged "
-        f"and left out of the statistics{teacher_text}",
+        f"the baseline; gap closed = gain / (teacher - baseline mean over the same seeds); s/it = training seconds "
+        f"per iteration, median over seeds (final evaluation included); a run that stopped on a non-finite loss is "
+        f"shown as diverged and left out of the statistics{teacher_text}",
         "",
         "| method | "
         + " | ".join(f"{words[k]} | per seed | gain | gap closed" for k in headline)
@@ -160,13 +166,21 @@ def write_results(out: Path, rows: dict, results: dict, seeds: list[int], teache
         for key in headline:
             cell = row[key]
             mean = f"{pct(cell['mean'])} ± {pct(cell['sd'])}" if cell["mean"] is not None else "diverged"
-            per_seed = " / ".join(pct(v) if v is not None else "diverged" for v in cell["per_seed"])
+            per_seed = " / ".join(
+                pct(v) if v is not None else f"diverged (step {r['diverged']['step']})"
+                for v, r in zip(cell["per_seed"], results[method])
+            )
             gain = f"{pct(cell['gain'], True)} ± {pct(cell['gain_sd'])}" if "gain" in cell else "-"
             gap = f"{100 * cell['gap_closed']:.1f} %" if "gap_closed" in cell else "-"
             cells += [mean, per_seed, gain, gap]
         speed = f"{row['s_per_it']:.3f}" if row["s_per_it"] is not None else "-"
         ratio = f"x{row['time_ratio']:.2f}" if "time_ratio" in row else "-"
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {speed} | {ratio} |")
+    if not headline:  # every run diverged: no figure to compare
+        lines = lines[:2] + [f"every run stopped on a non-finite loss; see {out}/*/diverged.json"]
+        text = "\n".join(lines) + "\n"
+        (out / "results.md").write_text(text)
+        return text
     lines += [
         "",
         "APD - baseline, paired per seed (AP points): mean and its two-sided 95 % Student-t interval over the "
@@ -216,6 +230,10 @@ def run_detect_bench(
     """Run (or reuse) baseline and APD for every seed, evaluate the teacher, write the results; returns
     ``{"rows", "markdown", "teacher"}``."""
     console = console or Console(stderr=True)
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        raise UserError(
+            "segdistill detect bench runs its runs one after another in one process: run it without torchrun"
+        )
     recipe_path, out_dir = Path(recipe), Path(out)
     if not recipe_path.is_file():
         raise UserError(f"config file not found: {recipe_path}")
@@ -225,9 +243,11 @@ def run_detect_bench(
     teacher_file = Path(base.teacher.weights)
     if not teacher_file.is_file():
         raise UserError(f"teacher weights not found: {teacher_file} (train the teacher first)")
+    check_seeds(seeds)
     runs = detection_runs(recipe_path, seeds, out_dir, overrides)  # every config checked before any training
     digest = sha256(teacher_file)
     for run in runs:
+        check_not_stale(run)
         check_teacher_of(run, digest)
     start = time.perf_counter()
     teacher = evaluate_teacher(base, digest, out_dir, console)
