@@ -1,15 +1,16 @@
 """``segdistill detect bench``: the student detector's baseline and its APD distillation over several seeds.
 
-The recipe is a ``detect distill`` config (e.g. ``configs/synthetic/detection/apd.yaml``); the baseline is
-``student.yaml`` beside it (else the recipe trained without its teacher), refused unless its data, model
-and schedule are the recipe's, as ``segdistill bench`` does for segmentation. Runs go to
-``<out>/<method>_seed<seed>``; a finished run written under the same config is reused and an interrupted
-one resumed, so the command can be run again after a stop. A reused APD run must have been distilled from
-the teacher file the recipe names now (its ``teacher.sha256``). The teacher is COCO-evaluated once
-(``teacher.json``, redone when its file changes). Writes ``results.csv`` (every COCO figure of every run)
-and ``results.md``: box and mask AP, mean ± s.d. over seeds, per seed, the gain over the baseline with its
-paired 95 % Student-t interval over seeds, the share of the teacher-student gap closed, seconds per
-iteration.
+The recipe is a ``detect distill`` config (e.g. ``configs/synthetic/detection/apd.yaml``): the APD runs are
+that recipe exactly; the baseline is ``student.yaml`` beside it (else the recipe trained without its
+teacher), refused unless its data, model and schedule are the recipe's, as ``segdistill bench`` does for
+segmentation. Runs go to ``<out>/<method>_seed<seed>``; a finished run written under the same config is
+reused and an interrupted one resumed, so the command can be run again after a stop; a folder holding a
+run finished under another config is refused. A reused APD run must have been distilled from the teacher
+file the recipe names now (its ``teacher.sha256``). The teacher is COCO-evaluated once (``teacher.json``,
+measured again when its file, the val data, its section or the device changes). Writes ``results.csv``
+(every COCO figure of every run) and ``results.md``: box AP (and mask AP for Mask R-CNN), mean ± s.d. over
+seeds, per seed, the gain over the baseline with its paired 95 % Student-t interval over seeds, the share
+of the teacher-baseline gap closed, seconds per iteration.
 """
 
 from __future__ import annotations
