@@ -67,8 +67,27 @@ def test_bench_grid_results_and_reuse(tiny_overrides, tmp_path, capsys):
     assert len(err) == 1 and "baseline_seed0 holds a run finished under another config (data.root:" in err[0], err
     assert stamps == {p: p.stat().st_mtime_ns for p in out.glob("*/summary.json")}
     assert main(["bench", "configs/synthetic/apd.yaml", *moved, *grid[:-1], str(tmp_path / "elsewhere")]) == 0
-    assert main(["bench", "configs/synthetic/apd.yaml", *tiny_overrides, "--seeds", "1", "1", "--out", "x"]) == 2
+    capsys.readouterr()
+    assert main(["bench", "configs/synthetic/apd.yaml", *tiny_overrides, "--seeds", "1", "1", "--out", str(out)]) == 2
     assert "--seeds: seed 1 is given twice" in capsys.readouterr().err
+    # the teacher file retrained in place: its distilled runs are not reused beside a re-measured teacher
+    key = json.loads((out / "teacher.json").read_text())["key"]
+    assert key["amp"] == "none" and key["device"] == "cpu" and len(key["sha256"]) == 64
+    weights = tmp_path / "runs/t/checkpoints/last.pt"
+    weights.write_bytes(weights.read_bytes() + b"retrained")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the teacher file changed since" in err[0] and "was distilled from the old one" in err[0]
+
+
+def test_teacher_digest_reads_the_file_behind_a_zoo_spec(tmp_path):
+    from segdistill.bench import teacher_digest
+    from segdistill.engine.checkpoint import sha256
+
+    file = tmp_path / "pspnet.pth"
+    file.write_bytes(b"weights")
+    assert teacher_digest(f"mmseg:{file}") == teacher_digest(str(file)) == sha256(file)
+    assert teacher_digest("shipped:synthetic_teacher") is None and teacher_digest(str(tmp_path / "none.pt")) is None
 
 
 def test_bench_refuses_a_method_recipe_with_another_schedule(tiny_overrides, tmp_path, capsys):

@@ -554,7 +554,6 @@ def test_detect_bench_runs_both_methods_per_seed_reuses_them_and_reports_paired_
         assert float(row["train_seconds"]) == pytest.approx(val["train_seconds"], abs=0.01)
         assert float(row["bbox_AP"]) == pytest.approx(val["bbox_AP"], abs=1e-6)
         assert float(row["segm_AP50"]) == pytest.approx(val["segm_AP50"], abs=1e-6)
-    assert len({row["train_seconds"] for row in rows}) == 4
     baseline = yaml.safe_load((out / "baseline_seed0" / "config.yaml").read_text())
     assert baseline["teacher"] is None and baseline["distill"] is None  # it uses neither
     markdown = (out / "results.md").read_text()
@@ -570,14 +569,18 @@ def test_detect_bench_runs_both_methods_per_seed_reuses_them_and_reports_paired_
     assert main(bench) == 0
     assert (out / "results.md").read_text() == markdown
 
-    Path(tiny_teacher).write_bytes(Path(tiny_teacher).read_bytes() + b"retrained")
     capsys.readouterr()
+    assert main([*bench, "data.flip_p=0.25"]) == 2  # trained otherwise: refused, not resumed and re-scored
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "baseline_seed0 holds a run finished under another config (data.flip_p" in err[0], err
+
+    Path(tiny_teacher).write_bytes(Path(tiny_teacher).read_bytes() + b"retrained")
     assert main(bench) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "apd_seed0 was distilled from another teacher file" in err[0], err
 
 
-def test_detect_bench_user_errors(coco_data, tmp_path, capsys):
+def test_detect_bench_user_errors(coco_data, tmp_path, monkeypatch, capsys):
     """Options of another subcommand, a baseline recipe with another schedule, a recipe without a teacher."""
     args = _detect_args(coco_data, tmp_path)
     recipes = tmp_path / "recipes"
@@ -612,6 +615,9 @@ def test_detect_bench_user_errors(coco_data, tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and re.search(message, err[0]), err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["detect", "bench", f"{detection}/apd.yaml", *args]) == 2
+    assert "run it without torchrun" in capsys.readouterr().err
 
 
 def test_detect_bench_statistics_leave_a_diverged_seed_out():

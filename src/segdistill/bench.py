@@ -32,7 +32,7 @@ from torch import nn
 from .base.method_options import BENCH_METHODS, method_options
 from .config import Config, config_to_dict, load_config, with_current_defaults
 from .data.datasets import class_names
-from .engine.builders import build_datasets, build_model
+from .engine.builders import build_datasets, build_model, is_zoo_spec
 from .engine.checkpoint import load_checkpoint, sha256
 from .engine.run import (
     evaluate_model,
@@ -42,6 +42,7 @@ from .engine.run import (
     run_maskd_tokens,
     run_train,
 )
+from .engine.runtime import resolve_device
 from .engine.trainer import RESUMABLE_CHANGES, config_changes
 from .errors import LossNotFinite, UserError
 from .models.sources import default_taps
@@ -172,6 +173,17 @@ def record_divergence(run: Run, exc: LossNotFinite) -> dict:
     return record
 
 
+def maskd_token_stage(run: Run, overrides: list[str]) -> Run | None:
+    """The token stage a MasKD run needs: ``maskd_tokens.yaml`` beside its recipe with the bench's ``data.``,
+    ``teacher.`` and ``train.iters`` overrides; ``None`` without that recipe."""
+    recipe = run.source.parent / "maskd_tokens.yaml"
+    if not recipe.is_file():
+        return None
+    shared = [o for o in overrides if o.split("=", 1)[0].startswith(("data.", "teacher.", "train.iters"))]
+    config = load_config(recipe, shared)
+    return Run("maskd-tokens", config.seed, config, recipe)
+
+
 def ensure_maskd_tokens(run: Run, overrides: list[str], console: Console) -> None:
     """MasKD distils through receptive tokens learned first on the teacher: when ``maskd_tokens.yaml`` beside
     the method's recipe exists, its token stage is brought to its end first (resumed; nothing is run when its
@@ -180,12 +192,10 @@ def ensure_maskd_tokens(run: Run, overrides: list[str], console: Console) -> Non
     Without that recipe, the run's own ``distill.options.maskd.tokens`` file is used (checked by the builder)."""
     assert run.config.distill is not None
     tokens = method_options("maskd", run.config.distill.options.get("maskd")).tokens
-    recipe = run.source.parent / "maskd_tokens.yaml"
-    if not recipe.is_file():
+    stage = maskd_token_stage(run, overrides)
+    if stage is None:
         return
-    shared = [o for o in overrides if o.split("=", 1)[0].startswith(("data.", "teacher.", "train.iters"))]
-    config = load_config(recipe, shared)
-    stage = Run("maskd-tokens", config.seed, config, recipe)
+    config, recipe = stage.config, stage.source
     if tokens and Path(tokens).resolve() != (config.run_dir / "checkpoints" / "last.pt").resolve():
         raise UserError(
             f"{recipe} writes its tokens to {config.run_dir / 'checkpoints' / 'last.pt'}, not to "
@@ -203,6 +213,32 @@ def _execute(run: Run, console: Console) -> dict:
     if run.method == "baseline":
         return run_train(run.config, resume=True, console=console)
     return run_distill(run.config, resume=True, console=console)
+
+
+def teacher_digest(weights: str | None) -> str | None:
+    """SHA-256 of the file behind a teacher's ``weights`` (a path, or a zoo spec ``mmseg:<path>`` ...);
+    ``None`` for ``shipped:`` weights (checksum-verified by name), library weights and a missing file."""
+    if not weights or weights.startswith("shipped:"):
+        return None
+    path = Path(weights.split(":", 1)[1] if is_zoo_spec(weights) else weights)
+    return sha256(path) if path.is_file() else None
+
+
+def check_teacher_unchanged(path: Path, digest: str | None, runs: list[Run]) -> None:
+    """Refuse to reuse or resume distillations in a bench folder whose ``teacher.json`` was measured on
+    another teacher file (same path, other contents): its finished runs were distilled from that one."""
+    if digest is None or not path.is_file():
+        return
+    measured = (json.loads(path.read_text()).get("key") or {}).get("sha256")
+    if measured is None or measured == digest:
+        return
+    for run in runs:
+        started = (run.config.run_dir / "checkpoints" / "last.pt").is_file() or finished_result(run) is not None
+        if run.method != "baseline" and started:
+            raise UserError(
+                f"the teacher file changed since {path} was measured, and {run.config.run_dir} was distilled from "
+                "the old one; bench into another --out, or remove the distilled runs' folders"
+            )
 
 
 def cached_teacher(path: Path, weights: str | None, key: dict, evaluate: Callable[[], dict]) -> dict:
@@ -229,13 +265,13 @@ def evaluate_teacher(config: Config, out: Path, console: Console) -> dict:
     weights = config.teacher.weights or config.teacher.pretrained or config.teacher.kwargs.get("weights")
     settings = config_to_dict(config)
     data = {k: v for k, v in settings["data"].items() if k not in ("workers", "cache")}
-    file = Path(config.teacher.weights) if config.teacher.weights else None
     key = {
-        "sha256": sha256(file) if file is not None and file.is_file() else None,
+        "sha256": teacher_digest(config.teacher.weights),
         "data": data,
         "eval": settings["eval"],
         "teacher": settings["teacher"],
-        "device": config.train.device,
+        "device": str(resolve_device(config.train.device)),
+        "amp": config.train.amp,  # the evaluation runs under the training's autocast
     }
 
     def evaluate() -> dict:
@@ -418,8 +454,6 @@ def run_bench(
         methods = ["baseline", *[m for m in methods if m != "baseline"]]
     check_seeds(seeds)
     runs = [method_config(recipe_path, m, s, out_dir, overrides) for s in seeds for m in methods]  # checked first
-    for run in runs:
-        check_not_stale(run)
     for run in [r for r in runs if r.method == "maskd"]:
         problem = maskd_tokens_problem(run)
         if problem and chosen:
@@ -428,7 +462,12 @@ def run_bench(
             console.print(f"bench: maskd left out: {problem}")
             methods = [m for m in methods if m != "maskd"]
             runs = [r for r in runs if r.method != "maskd"]
+    stages = [maskd_token_stage(r, overrides) for r in runs if r.method == "maskd"]
+    for run in [*runs, *[stage for stage in stages if stage is not None]]:
+        check_not_stale(run)
     base = load_config(recipe_path, overrides)
+    if base.teacher is not None:
+        check_teacher_unchanged(out_dir / "teacher.json", teacher_digest(base.teacher.weights), runs)
     names = class_names(base.data.dataset)
     start = time.perf_counter()
     teacher = (

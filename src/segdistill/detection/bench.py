@@ -41,6 +41,7 @@ from ..bench import (
 )
 from ..config import config_to_dict
 from ..engine.checkpoint import sha256
+from ..engine.runtime import resolve_device
 from ..errors import LossNotFinite, UserError
 from .config import DetectionConfig, load_detection_config
 from .evaluate import STATS, describe
@@ -83,7 +84,12 @@ def evaluate_teacher(config: DetectionConfig, digest: str, out: Path, console: C
     settings = config_to_dict(teacher_config)
     unread = ("workers", "flip_p", "train_ann", "train_images")  # what a val evaluation does not read
     data = {k: v for k, v in settings["data"].items() if k not in unread}
-    key = {"sha256": digest, "data": data, "teacher": settings["model"], "device": config.train.device}
+    key = {
+        "sha256": digest,
+        "data": data,
+        "teacher": settings["model"],
+        "device": str(resolve_device(config.train.device)),
+    }
 
     def evaluate() -> dict:
         console.print(f"detect bench: evaluating the teacher {config.teacher.weights}")
