@@ -32,7 +32,7 @@ from torch import nn
 from .base.method_options import BENCH_METHODS, method_options
 from .config import Config, config_to_dict, load_config, with_current_defaults
 from .data.datasets import class_names
-from .engine.builders import build_datasets, build_model, is_zoo_spec
+from .engine.builders import build_datasets, build_model, is_zoo_spec, write_summary
 from .engine.checkpoint import load_checkpoint, sha256
 from .engine.run import (
     evaluate_model,
@@ -166,10 +166,7 @@ def record_divergence(run: Run, exc: LossNotFinite) -> dict:
     """Record a run that stopped on a non-finite loss (``diverged.json`` beside its ``config.yaml``, written
     through a temporary file), so the comparison goes on and a later bench reuses the outcome."""
     record = {"diverged": {"step": exc.step, "terms": exc.terms, "message": str(exc)}}
-    path = run.config.run_dir / "diverged.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(path)
+    write_summary(run.config.run_dir / "diverged.json", record)
     return record
 
 
@@ -251,10 +248,7 @@ def cached_teacher(path: Path, weights: str | None, key: dict, evaluate: Callabl
         if cached.get("key") == key:
             return cached
     record = {"weights": weights, "key": key, "val": evaluate()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(path)
+    write_summary(path, record)
     return record
 
 
