@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from segdistill.cli import main
+from segdistill.cli import build_parser, main
 from segdistill.config import load_config
 from segdistill.engine.run import run_train
 
@@ -208,3 +208,23 @@ def test_bad_file_read_in_a_dataloader_worker_is_named(tiny_overrides, tiny_data
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith("error: ") and str(bad) in err[0] and "Caught" not in err[0], err
+
+
+def test_overrides_may_follow_list_options(capsys):
+    """``--seeds 0 1 key=value``: the override is an override, not a seed (argparse alone reads it as one)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args("bench cfg a=1 --seeds 0 1 b=2 --methods kd apd c=3 --out o d=4".split())
+    assert (args.seeds, args.methods, args.out) == ([0, 1], ["kd", "apd"], "o")
+    assert [*args.overrides, *args.trailing_overrides, *extra] == ["a=1", "b=2", "c=3", "d=4"]
+    args, _ = parser.parse_known_args("detect bench cfg --seeds 3 train.iters=2".split())
+    assert (args.seeds, args.overrides, args.trailing_overrides) == ([3], [], ["train.iters=2"])
+    assert parser.parse_known_args(["bench", "cfg"])[0].seeds == [0, 1, 2]
+    for argv, message in (
+        ("bench cfg --seeds 0 x", "argument --seeds: invalid int value: 'x'"),
+        ("bench cfg --methods kd nope", "argument --methods: invalid choice: 'nope'"),
+        ("bench cfg --seeds a=1", "argument --seeds: expected at least one argument"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(argv.split())
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err

@@ -19,6 +19,39 @@ from .errors import TrainingStopped, UserError
 RESUME_HELP = "continue from the newest intact checkpoint in runs/<name>/checkpoints (start if there is none)"
 
 
+class ListThenOverrides(argparse.Action):
+    """A ``nargs="+"`` option after which ``key=value`` overrides may still follow.
+
+    argparse hands every word up to the next option to a ``nargs="+"`` option, so
+    ``bench CONFIG --seeds 0 1 2 train.iters=100`` would read the override as a seed. This action keeps
+    the words with ``=`` aside (``main`` appends them to the overrides) and converts and checks the rest
+    itself, with argparse's own messages.
+    """
+
+    def __init__(self, *args, convert=str, allowed: tuple[str, ...] | None = None, **kwargs) -> None:
+        super().__init__(*args, nargs="+", **kwargs)
+        self.convert = convert
+        self.allowed = allowed
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        overrides = [v for v in values if "=" in v]
+        items = [v for v in values if "=" not in v]
+        if not items:
+            parser.error(f"argument {option_string}: expected at least one argument")
+        converted = []
+        for item in items:
+            try:
+                value = self.convert(item)
+            except ValueError:
+                parser.error(f"argument {option_string}: invalid {self.convert.__name__} value: {item!r}")
+            if self.allowed is not None and value not in self.allowed:
+                choices = ", ".join(map(repr, self.allowed))
+                parser.error(f"argument {option_string}: invalid choice: {item!r} (choose from {choices})")
+            converted.append(value)
+        setattr(namespace, self.dest, converted)
+        namespace.trailing_overrides = [*getattr(namespace, "trailing_overrides", []), *overrides]
+
+
 def is_main_process() -> bool:
     """Rank 0 of a ``torchrun`` job, or a single process (the summary table is printed once)."""
     return os.environ.get("RANK", "0") == "0"
@@ -375,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--resume", action="store_true", help=RESUME_HELP)
     detect.add_argument("--checkpoint", help="eval: a .pt checkpoint or .safetensors file")
     detect.add_argument("--json", help="eval: also write the metrics to this JSON file")
-    detect.add_argument("--seeds", nargs="+", type=int, help="bench: the seeds (default 0 1 2)")
+    detect.add_argument("--seeds", action=ListThenOverrides, convert=int, help="bench: the seeds (default 0 1 2)")
     detect.add_argument("--out", help="bench: the output folder (default runs/det_bench)")
     detect.set_defaults(func=cmd_detect)
 
@@ -404,14 +437,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     bench.add_argument(
         "--methods",
-        nargs="+",
+        action=ListThenOverrides,
         default=None,
-        choices=BENCH_METHODS,
+        allowed=tuple(BENCH_METHODS),
         metavar="METHOD",
         help=f"any of: {', '.join(BENCH_METHODS)} (default: all that the recipe can run; maskd needs its tokens "
         "or a maskd_tokens.yaml beside the recipe)",
     )
-    bench.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    bench.add_argument("--seeds", action=ListThenOverrides, convert=int, default=[0, 1, 2])
     bench.add_argument("--out", default="runs/bench")
     bench.add_argument("--no-figures", action="store_true", help="skip curves, per-class bars, predictions, t-SNE")
     bench.set_defaults(func=cmd_bench)
@@ -539,6 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    extra = [*getattr(args, "trailing_overrides", []), *extra]
     if extra:
         args.overrides = [*args.overrides, *extra]
     try:
